@@ -1,0 +1,117 @@
+"""The importable API: everything the command line does, for Python users too.
+
+    from realms import api
+    store = api.open_store()                      # $REALMS_STORE or /var/lib/realms
+    api.import_appimg(store, "base", Path("rootfs.tar.zst"))
+    api.new_realm(store, "work")
+    status = api.run_in_realm(store, "work", ["id"])
+
+Functions take a :class:`~realms.store.Store` and raise :class:`~realms.errors.RealmsError` (with
+a message and a hint) for anything a user can cause; results are dataclasses with ``to_json()``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from realms import pool
+from realms.appimg.ops import (
+    AppimgInfo,
+    import_appimg,
+    list_appimgs,
+    remove_appimg,
+    show_appimg,
+)
+from realms.container import systemd_is_pid1
+from realms.realm import (
+    RealmInfo,
+    default_realm,
+    list_realms,
+    new_realm,
+    remove_realm,
+    run_in_realm,
+    set_default_realm,
+    show_realm,
+)
+from realms.store import InitResult, Store, init, locate
+from realms.system import kernel
+
+__all__ = [
+    "AppimgInfo",
+    "InitResult",
+    "RealmInfo",
+    "Status",
+    "Store",
+    "default_realm",
+    "import_appimg",
+    "init",
+    "list_appimgs",
+    "list_realms",
+    "locate",
+    "new_realm",
+    "open_store",
+    "remove_appimg",
+    "remove_realm",
+    "run_in_realm",
+    "set_default_realm",
+    "show_appimg",
+    "show_realm",
+    "status",
+]
+
+
+def open_store(path: str | Path | None = None) -> Store:
+    """Open the store at ``path``, $REALMS_STORE, or /var/lib/realms."""
+    return Store.open(locate(path))
+
+
+@dataclass(frozen=True)
+class Status:
+    store: Store
+    features: kernel.Features
+    appimgs: int
+    realms: int
+    default_realm: str | None
+    leftovers: int
+    pool_image: Path | None
+    total_bytes: int
+    free_bytes: int
+
+    @property
+    def verity(self) -> str:
+        return kernel.verity_enforcement(self.store.config.verity, self.features)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "store": str(self.store.root),
+            "backend": self.store.backend.name,
+            "verity": self.verity,
+            "pool": str(self.pool_image) if self.pool_image else None,
+            "space": {"total": self.total_bytes, "free": self.free_bytes},
+            "appimgs": self.appimgs,
+            "realms": self.realms,
+            "default_realm": self.default_realm,
+            "leftovers": self.leftovers,
+            "kernel": self.features.to_json(),
+            "systemd_pid1": systemd_is_pid1(),
+            "policy": dict(self.store.config.values),
+        }
+
+
+def status(store: Store) -> Status:
+    usage = shutil.disk_usage(store.root)
+    return Status(
+        store=store,
+        features=kernel.features(),
+        appimgs=len(list_appimgs(store)),
+        realms=sum(1 for e in os.listdir(store.realms_dir) if not e.startswith(".")),
+        default_realm=default_realm(store),
+        leftovers=len(store.leftovers()),
+        pool_image=pool.mounted_pool(store.root),
+        total_bytes=usage.total,
+        free_bytes=usage.free,
+    )

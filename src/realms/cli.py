@@ -1,0 +1,535 @@
+"""The ``realms`` command line: parses arguments, calls :mod:`realms.api`, prints the result.
+
+Nothing here decides anything about the store. Errors from the API are printed as one line
+(``realms: error: ...``, then ``hint: ...`` where there is one) with exit status 1; usage errors
+exit 2; ``run`` passes the command's exit status through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+from realms import __version__, api, log
+from realms.errors import Interrupted, RealmsError
+from realms.store import Store
+from realms.units import format_size, parse_size
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# Output helpers
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
+    ]
+    for row in [headers, *rows]:
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
+
+
+def _print_fields(fields: list[tuple[str, str]]) -> None:
+    width = max(len(key) for key, _ in fields) + 1
+    for key, value in fields:
+        print(f"{key + ':':<{width}} {value}")
+
+
+def _store(args: argparse.Namespace) -> Store:
+    return api.open_store(args.store)
+
+
+# Commands
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    pool_size = parse_size(args.pool_size)
+    result = api.init(api.locate(args.store), backend=args.backend, pool_size=pool_size)
+    where = f" (btrfs pool {result.pool_image})" if result.pool_image else ""
+    if result.created:
+        log.note(f"Store ready at {result.store}: {result.backend} backend{where}")
+    elif result.mounted:
+        log.note(f"Store at {result.store} mounted again{where}")
+    else:
+        log.note(f"Store at {result.store} is already set up: {result.backend} backend{where}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = api.status(_store(args))
+    data = status.to_json()
+    if args.json:
+        _print_json(data)
+        return 0
+    yes = {True: "yes", False: "no"}
+    features = data["kernel"]
+    used = status.total_bytes - status.free_bytes
+    pool = f", pool {data['pool']}" if data["pool"] else ""
+    verity_detail = {
+        "kernel": "dm-verity in the kernel checks every read",
+        "userspace": "whole image checked in userspace before a read-only mount",
+        "none": "policy 'kernel' but this kernel has no dm-verity: sealed realms are refused",
+    }[status.verity]
+    _print_fields(
+        [
+            ("store", f"{data['store']} ({data['backend']} backend{pool})"),
+            ("space", f"{format_size(used)} used of {format_size(status.total_bytes)}"),
+            ("verity", f"{status.verity} ({verity_detail})"),
+            ("kernel", ", ".join(f"{k.replace('_', '-')} {yes[v]}" for k, v in features.items())),
+            (
+                "systemd",
+                "PID 1" if data["systemd_pid1"] else "not PID 1 (nspawn runs unregistered)",
+            ),
+            ("appimgs", str(data["appimgs"])),
+            ("realms", f"{data['realms']} (default: {data['default_realm'] or 'none'})"),
+            ("leftovers", f"{data['leftovers']} temporary names (cleaned by the next command)"),
+        ]
+    )
+    return 0
+
+
+def cmd_appimg_list(args: argparse.Namespace) -> int:
+    appimgs = api.list_appimgs(_store(args))
+    if args.json:
+        _print_json([a.to_json() for a in appimgs])
+        return 0
+    if not appimgs:
+        log.note("No appimgs yet: 'realms appimg import NAME SOURCE' adds one")
+        return 0
+    rows = [
+        [
+            a.name,
+            a.kind,
+            str(a.version),
+            str(len(a.record.versions)),
+            ", ".join(a.realms) or "-",
+        ]
+        for a in appimgs
+    ]
+    _print_table(["NAME", "KIND", "VERSION", "VERSIONS", "REALMS"], rows)
+    return 0
+
+
+def _print_appimg(info: Any) -> None:
+    _print_fields(
+        [
+            ("name", info.name),
+            ("kind", info.kind),
+            ("version", f"{info.version} (current)"),
+            ("path", str(info.path)),
+            ("realms", ", ".join(info.realms) or "none"),
+        ]
+    )
+    print()
+    rows = [
+        [
+            ("*" if v.version == info.version else " ") + str(v.version),
+            v.kind,
+            v.created,
+            v.origin,
+            format_size(v.size),
+            "yes" if v.pinned else "no",
+            v.detail,
+        ]
+        for v in info.record.versions
+    ]
+    _print_table(["VERSION", "KIND", "CREATED", "ORIGIN", "SIZE", "PINNED", "FROM"], rows)
+
+
+def cmd_appimg_show(args: argparse.Namespace) -> int:
+    info = api.show_appimg(_store(args), args.name)
+    if args.json:
+        _print_json(info.to_json())
+    else:
+        _print_appimg(info)
+    return 0
+
+
+def cmd_appimg_import(args: argparse.Namespace) -> int:
+    info, version = api.import_appimg(
+        _store(args), args.name, Path(args.source), new_version=args.new_version
+    )
+    log.note(
+        f"Imported {args.source} as appimg {info.name} version {version.version} "
+        f"({format_size(version.size)})"
+    )
+    return 0
+
+
+def cmd_appimg_remove(args: argparse.Namespace) -> int:
+    users = api.remove_appimg(_store(args), args.name)
+    log.note(f"Removed appimg {args.name}")
+    if users:
+        log.note(
+            f"Realms made from it keep working (their root filesystems are their own): "
+            f"{', '.join(users)}"
+        )
+    return 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    info = api.new_realm(_store(args), args.name, args.appimg)
+    log.note(
+        f"Created realm {info.name} from appimg {info.origin.appimg} version "
+        f"{info.origin.appimg_version}" + (" (default realm)" if info.default else "")
+    )
+    return 0
+
+
+def _realm_state(info: Any) -> str:
+    if info.current_version is None:
+        return "appimg removed"
+    if info.outdated:
+        return f"outdated (appimg is at version {info.current_version})"
+    return "current"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    realms = api.list_realms(_store(args))
+    if args.json:
+        _print_json([r.to_json() for r in realms])
+        return 0
+    if not realms:
+        log.note("No realms yet: 'realms new NAME' makes one")
+        return 0
+    rows = [
+        [
+            ("*" if r.default else " ") + r.name,
+            r.origin.appimg,
+            str(r.origin.appimg_version),
+            _realm_state(r),
+            "yes" if r.running else "no",
+        ]
+        for r in realms
+    ]
+    _print_table(["NAME", "APPIMG", "VERSION", "STATUS", "RUNNING"], rows)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    info = api.show_realm(_store(args), args.name)
+    if args.json:
+        _print_json(info.to_json())
+        return 0
+    _print_fields(
+        [
+            ("name", info.name + (" (default)" if info.default else "")),
+            ("appimg", f"{info.origin.appimg} version {info.origin.appimg_version}"),
+            ("status", _realm_state(info)),
+            ("running", "yes" if info.running else "no"),
+            ("created", info.origin.created),
+            ("path", str(info.path)),
+        ]
+    )
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    kept = api.remove_realm(_store(args), args.name, keep_home=args.keep_home)
+    log.note(f"Removed realm {args.name}" + (f"; its home is kept in {kept}" if kept else ""))
+    return 0
+
+
+def cmd_default(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.name:
+        api.set_default_realm(store, args.name)
+        log.note(f"Default realm is now {args.name}")
+        return 0
+    name = api.default_realm(store)
+    if name is None:
+        raise RealmsError("no default realm", hint="'realms default NAME' sets one")
+    print(name)
+    return 0
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    store = _store(args)
+    name = args.name or api.default_realm(store)
+    if name is None:
+        raise RealmsError("no realm named and no default realm", hint="name one: realms shell NAME")
+    return api.run_in_realm(store, name, [], root=args.root)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.trailing:
+        raise _UsageError("run needs a command after --: realms run NAME -- COMMAND ...")
+    return api.run_in_realm(_store(args), args.name, args.trailing, root=args.root)
+
+
+# Parsing
+
+
+_TRAILING_COMMANDS = {"run", "update-appimg"}
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"realms: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _common() -> _Parser:
+    """Global options, accepted before or after the command."""
+    common = _Parser(add_help=False)
+    group = common.add_argument_group("global options")
+    group.add_argument(
+        "--store",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="the store directory (default: $REALMS_STORE, else /var/lib/realms)",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="also show every external command that runs",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show only errors, warnings and results",
+    )
+    return common
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON with stable keys")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(
+        prog="realms",
+        description="Application images (appimgs) and the realms (containers) made from them.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"realms {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        group: Any, name: str, handler: Handler, help_text: str, description: str = ""
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, help=help_text, description=description or help_text, parents=[common]
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    init = command(
+        commands,
+        "init",
+        cmd_init,
+        "prepare the store (safe to run again)",
+        "Prepare the store. If its directory is on btrfs it is used as it is; otherwise a btrfs "
+        "filesystem is made in a sparse image file beside it (DIR.pool.img) and mounted on it. "
+        "Run again, it changes nothing, or mounts that pool again after a reboot.",
+    )
+    init.add_argument(
+        "--pool-size",
+        default="32G",
+        metavar="SIZE",
+        help="size of a new pool image (sparse: it takes only what is used; default 32G)",
+    )
+    init.add_argument(
+        "--backend",
+        choices=["auto", "btrfs", "copy"],
+        default="auto",
+        help="btrfs (snapshots; a pool image if the directory is not on btrfs), copy (plain "
+        "directories, realms made with cp --reflink=auto), or auto (btrfs; default)",
+    )
+
+    status = command(
+        commands,
+        "status",
+        cmd_status,
+        "show the store, its backend, the kernel's features and the verity enforcement",
+    )
+    _json_flag(status)
+
+    appimg = commands.add_parser(
+        "appimg",
+        help="manage application images",
+        parents=[common],
+        description="Manage application images: the root filesystems realms are made from.",
+    )
+    appimg_commands = appimg.add_subparsers(dest="appimg_command", metavar="COMMAND", required=True)
+    appimg_list = command(appimg_commands, "list", cmd_appimg_list, "list appimgs")
+    _json_flag(appimg_list)
+    appimg_show = command(
+        appimg_commands,
+        "show",
+        cmd_appimg_show,
+        "show an appimg: its versions and the realms made from it",
+    )
+    appimg_show.add_argument("name")
+    _json_flag(appimg_show)
+    appimg_import = command(
+        appimg_commands,
+        "import",
+        cmd_appimg_import,
+        "import a directory or a root filesystem tarball as an appimg",
+        "Import SOURCE as a new appimg of kind tree: a directory (copied with cp -a) or a "
+        "tarball (.tar, .tar.gz, .tar.xz, .tar.zst, .tar.bz2; every entry is checked first, "
+        "then it is extracted keeping ownership, modes, xattrs, links and device nodes). The "
+        "result becomes read-only version 1.",
+    )
+    appimg_import.add_argument("name")
+    appimg_import.add_argument("source", help="a directory or a tarball")
+    appimg_import.add_argument(
+        "--new-version",
+        action="store_true",
+        help="import as the next version of the existing appimg NAME (realms made before keep "
+        "their version)",
+    )
+    appimg_remove = command(
+        appimg_commands,
+        "remove",
+        cmd_appimg_remove,
+        "remove an appimg and all its versions (realms made from it keep working)",
+    )
+    appimg_remove.add_argument("name")
+
+    new = command(
+        commands,
+        "new",
+        cmd_new,
+        "make a realm from an appimg",
+        "Make a realm whose root filesystem is a writable snapshot of the appimg's current "
+        "version (zero cost on btrfs), with a home made from the store's skel/. The first "
+        "realm becomes the default realm.",
+    )
+    new.add_argument("name")
+    new.add_argument(
+        "--appimg", metavar="APPIMG", help="default: default-appimg in the config (base)"
+    )
+
+    realm_list = command(
+        commands, "list", cmd_list, "list realms, their appimg version, and whether it is outdated"
+    )
+    _json_flag(realm_list)
+    show = command(commands, "show", cmd_show, "show a realm")
+    show.add_argument("name")
+    _json_flag(show)
+    remove = command(
+        commands, "remove", cmd_remove, "remove a realm (refused while something runs in it)"
+    )
+    remove.add_argument("name")
+    remove.add_argument(
+        "--keep-home",
+        action="store_true",
+        help="move the realm's home to the store's removed/ directory instead of deleting it",
+    )
+    shell = command(
+        commands,
+        "shell",
+        cmd_shell,
+        "open a login shell in a realm (as the realm's user, uid 1000, unless --root)",
+    )
+    shell.add_argument("name", nargs="?", help="default: the default realm")
+    shell.add_argument("--root", action="store_true", help="a root shell")
+    run = command(
+        commands,
+        "run",
+        cmd_run,
+        "run a command in a realm and pass its exit status through",
+        "Run COMMAND in realm NAME with systemd-nspawn, as the realm's user (uid 1000, in "
+        "/home/user) unless --root. Its exit status becomes realms' exit status.",
+    )
+    run.add_argument("name")
+    run.add_argument("--root", action="store_true", help="run as root")
+    run.usage = "realms run [-h] [--root] NAME -- COMMAND [ARG ...]"
+    default = command(
+        commands, "default", cmd_default, "print the default realm, or set it to NAME"
+    )
+    default.add_argument("name", nargs="?")
+    return parser
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    # For the commands that run one, everything after the first "--" is a command to run,
+    # never options of realms (argparse would take "realms run r -- cmd --root" as realms').
+    trailing = None
+    if "--" in words and _TRAILING_COMMANDS & set(words[: words.index("--")]):
+        split = words.index("--")
+        words, trailing = words[:split], words[split + 1 :]
+    args = parser.parse_args(words)
+    args.trailing = trailing
+    args.store = getattr(args, "store", None)
+    verbose = getattr(args, "verbose", False)
+    quiet = getattr(args, "quiet", False)
+    log.setup(log.VERBOSE if verbose else log.QUIET if quiet else log.NORMAL)
+    # A terminated command unwinds like an exception, so that temporary names are removed.
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    try:
+        if os.geteuid() != 0:
+            raise RealmsError(
+                "realms needs root: it makes btrfs subvolumes, mounts and containers",
+                hint="run it with sudo",
+            )
+        handler: Handler = args.handler
+        return handler(args)
+    except _UsageError as error:
+        parser.error(str(error))
+    except RealmsError as error:
+        _print_error(error.message, error.hint)
+        return 1
+    except KeyboardInterrupt:
+        _print_error("interrupted", None)
+        return 130
+    except OSError as error:
+        detail = f": {error.filename}" if error.filename else ""
+        hint = None
+        if error.errno == errno.ENOSPC:
+            hint = "the store is full: free space (realms remove, realms appimg remove)"
+        _print_error(f"{error.strerror or error}{detail}", hint)
+        if verbose:
+            traceback.print_exc()
+        return 1
+    except Exception as error:
+        _print_error(
+            f"internal error: {type(error).__name__}: {error}",
+            "this is a bug in realms; run again with -v for the traceback",
+        )
+        if verbose:
+            traceback.print_exc()
+        return 1
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    log.end_line()
+    print(f"realms: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)

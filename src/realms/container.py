@@ -1,0 +1,145 @@
+"""Running a command or a shell in a root filesystem with systemd-nspawn.
+
+nspawn is told what it needs to know about the host rather than left to guess: where systemd is
+PID 1 it registers the container with systemd-machined as usual; elsewhere (containers, CI
+machines, these VMs) it must not try (``--register=no --keep-unit``). The console is interactive
+(a pseudo-terminal, job control, Ctrl-C reaching the shell) when realms runs on a terminal, and a
+plain pipe otherwise so that scripts can feed stdin and read stdout. The command runs as PID 2
+under nspawn's stub init, so that signals and zombie reaping behave as on a normal system, and
+its exit status is passed through.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from realms.errors import Interrupted, RealmsError
+from realms.system.fs import read_in_root
+from realms.system.run import popen
+
+REALM_HOME = "/home/user"
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: Path
+    target: str
+    readonly: bool = False
+
+    def option(self) -> str:
+        return f"--bind{'-ro' if self.readonly else ''}={self.source}:{self.target}"
+
+
+@dataclass
+class Container:
+    rootfs: Path
+    machine: str
+    """Machine name, also the hostname inside."""
+    command: list[str] = field(default_factory=list)
+    """What to run; empty for a login shell."""
+    user: str | None = None
+    """Run as this user of the container; None for root."""
+    binds: list[Bind] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    private_network: bool = False
+    workdir: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def systemd_is_pid1() -> bool:
+    """sd_booted(): whether systemd runs this machine (and machined can register containers)."""
+    return Path("/run/systemd/system").is_dir()
+
+
+def user_of_uid(rootfs: Path, uid: int) -> str | None:
+    """The name of ``uid`` in the container's /etc/passwd, read without leaving the tree."""
+    try:
+        text = read_in_root(rootfs, "etc/passwd").decode(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2] == str(uid):
+            return fields[0]
+    return None
+
+
+def check_os_tree(rootfs: Path, what: str) -> None:
+    """nspawn refuses trees without /usr and os-release; say so before it does."""
+    has_release = any(os.path.lexists(rootfs / p) for p in ("etc/os-release", "usr/lib/os-release"))
+    if not (rootfs / "usr").is_dir() or not has_release:
+        raise RealmsError(
+            f"{what} does not look like an OS tree (it needs /usr and /etc/os-release or "
+            "/usr/lib/os-release)",
+            hint="import a complete root filesystem",
+        )
+
+
+def nspawn_argv(container: Container, interactive: bool) -> list[str]:
+    argv = [
+        "systemd-nspawn",
+        "--quiet",
+        f"--directory={container.rootfs}",
+        f"--machine={container.machine}",
+        "--as-pid2",
+        "--link-journal=no",
+        f"--console={'interactive' if interactive else 'pipe'}",
+    ]
+    if not systemd_is_pid1():
+        argv += ["--register=no", "--keep-unit"]
+    if container.user:
+        argv.append(f"--user={container.user}")
+    if container.workdir:
+        argv.append(f"--chdir={container.workdir}")
+    if container.private_network:
+        argv.append("--private-network")
+    argv += [bind.option() for bind in container.binds]
+    argv += [f"--tmpfs={path}" for path in container.tmpfs]
+    argv += [f"--setenv={key}={value}" for key, value in container.environment.items()]
+    if container.command:
+        argv += ["--", *container.command]
+    return argv
+
+
+# nspawn's cleanup refuses to remove its propagation directory when /run is not a tmpfs (as on
+# machines without systemd) and says so on every exit; the message is noise to realms' users.
+_NOISE = re.compile(rb'^Attempted to remove disk file system under "/run/systemd/nspawn/propagate/')
+
+
+def _copy_stderr(source: IO[bytes]) -> None:
+    target = sys.stderr.buffer
+    for line in iter(source.readline, b""):
+        if not _NOISE.match(line):
+            target.write(line)
+            target.flush()
+
+
+def run(container: Container) -> int:
+    """Run the container to completion and return its exit status."""
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    process = popen(nspawn_argv(container, interactive), stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    copier = threading.Thread(target=_copy_stderr, args=(process.stderr,), daemon=True)
+    copier.start()
+    # Ctrl-C belongs to what runs in the container (nspawn passes it on); realms waits.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        while True:
+            try:
+                returncode = process.wait()
+                break
+            except Interrupted:
+                process.terminate()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        copier.join()
+        process.stderr.close()
+    return returncode

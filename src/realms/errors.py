@@ -1,0 +1,72 @@
+"""The errors that realms raises for users to read.
+
+Every failure a user can cause or meet (bad input, a busy lock, a missing tool, a full disk) is a
+:class:`RealmsError` with a one-line message and, where it helps, a hint. The CLI prints them as
+``realms: error: MESSAGE`` and ``hint: HINT`` and exits 1; nothing else should reach the user as a
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class RealmsError(Exception):
+    """An error with a one-line message for the user and an optional hint."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(RealmsError):
+    """A named realm, appimg or version does not exist."""
+
+
+class AlreadyExists(RealmsError):
+    """A name is taken."""
+
+
+class Busy(RealmsError):
+    """Another process holds a lock this command needs."""
+
+
+class InvalidName(RealmsError):
+    """A realm or appimg name breaks the naming rule."""
+
+
+class InvalidInput(RealmsError):
+    """A file or argument that realms was given is malformed or unsafe."""
+
+
+class CommandFailed(RealmsError):
+    """An external command exited non-zero; the message names it and its stderr."""
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
+        last = _last_lines(stderr, 3)
+        detail = f": {last}" if last else ""
+        super().__init__(f"{command_name(argv)} failed (exit status {returncode}){detail}")
+
+
+class Interrupted(RealmsError):
+    """The command was interrupted by a signal (Ctrl-C, SIGTERM, SIGHUP)."""
+
+
+def command_name(argv: list[str]) -> str:
+    """The program and its subcommand words, e.g. ``btrfs subvolume snapshot``."""
+    words = [argv[0].rsplit("/", 1)[-1]]
+    for arg in argv[1:3]:
+        if not arg.isalpha():
+            break
+        words.append(arg)
+    return " ".join(words)
+
+
+def _last_lines(text: str, count: int) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " / ".join(lines[-count:])

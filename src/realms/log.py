@@ -1,0 +1,160 @@
+"""Output for people: step lines with their time, progress bars, notes and warnings.
+
+Everything here writes to stderr, so that stdout carries only a command's result (a table, JSON,
+the output of a command run in a realm). ``-q`` silences steps and notes; ``-v`` adds the debug
+log, which names every external command that runs (see :mod:`realms.system.run`).
+
+Long work shows a progress bar when stderr is a terminal and the amount of work is known, and
+otherwise one line when a step starts and one with its elapsed time when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+logger = logging.getLogger("realms")
+
+QUIET = -1
+NORMAL = 0
+VERBOSE = 1
+
+_verbosity = NORMAL
+
+
+def setup(verbosity: int) -> None:
+    """Configure output: QUIET, NORMAL or VERBOSE."""
+    global _verbosity
+    _verbosity = verbosity
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("realms: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbosity >= VERBOSE else logging.WARNING)
+    logger.propagate = False
+
+
+# On a terminal a step's line stays open until the step ends, which then adds its time to it;
+# anything printed meanwhile first closes the line.
+_open_step: str | None = None
+
+
+def end_line() -> None:
+    """End a step line left open on the terminal, before printing elsewhere (an error)."""
+    _close_open_step()
+
+
+def _close_open_step() -> None:
+    global _open_step
+    if _open_step is not None:
+        print(file=sys.stderr, flush=True)
+        _open_step = None
+
+
+def _say(line: str) -> None:
+    if _verbosity > QUIET:
+        _close_open_step()
+        print(line, file=sys.stderr, flush=True)
+
+
+def note(message: str) -> None:
+    """A line the user should see once (skipped with -q)."""
+    _say(f"[+]: {message}")
+
+
+def warn(message: str) -> None:
+    """A warning, shown even with -q."""
+    _close_open_step()
+    print(f"realms: warning: {message}", file=sys.stderr, flush=True)
+
+
+def debug(message: str) -> None:
+    if logger.isEnabledFor(logging.DEBUG):
+        _close_open_step()
+        logger.debug(message)
+
+
+@contextmanager
+def step(title: str) -> Iterator[None]:
+    """Announce a step, and when it ends say how long it took."""
+    global _open_step
+    started = time.monotonic()
+    if _verbosity > QUIET and sys.stderr.isatty():
+        _close_open_step()
+        print(f"[+]: {title} ...", end="", file=sys.stderr, flush=True)
+        _open_step = title
+        try:
+            yield
+        except BaseException:
+            _close_open_step()
+            raise
+        elapsed = f"({time.monotonic() - started:.1f}s)"
+        if _open_step == title:
+            print(f" {elapsed}", file=sys.stderr, flush=True)
+            _open_step = None
+        else:
+            _say(f"[+]: {title}: done {elapsed}")
+        return
+    _say(f"[+]: {title}")
+    yield
+    _say(f"[+]: {title}: done ({time.monotonic() - started:.1f}s)")
+
+
+class ProgressBar(Protocol):
+    def advance(self, amount: int) -> None: ...
+
+
+class _NoBar:
+    def advance(self, amount: int) -> None:
+        pass
+
+
+class _RichBar:
+    def __init__(self, progress: Progress, task: int) -> None:
+        self._progress = progress
+        self._task = task
+
+    def advance(self, amount: int) -> None:
+        self._progress.update(self._task, advance=amount)  # type: ignore[arg-type]
+
+
+@contextmanager
+def progress(title: str, total: int, unit: str = "bytes") -> Iterator[ProgressBar]:
+    """A step whose amount of work is known: a bar on a terminal, step lines elsewhere."""
+    if _verbosity <= QUIET or not sys.stderr.isatty() or total <= 0:
+        with step(title):
+            yield _NoBar()
+        return
+    # rich costs tens of milliseconds to import: only pay for it when a bar is shown.
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    _close_open_step()
+    amount_column = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    started = time.monotonic()
+    with Progress(
+        TextColumn("[+]: {task.description}"),
+        BarColumn(),
+        amount_column,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(title, total=total)
+        yield _RichBar(bar, task)
+    _say(f"[+]: {title}: done ({time.monotonic() - started:.1f}s)")

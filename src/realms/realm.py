@@ -1,0 +1,326 @@
+"""Realms: containers with their own root filesystem and home, made from an appimg version.
+
+A realm lives in ``realms/NAME/``:
+
+- ``rootfs/``: a writable clone (btrfs snapshot) of the appimg version it was made from. It is
+  independent of the appimg afterwards: updating the appimg never changes it, and ``realms
+  list`` shows it as outdated instead.
+- ``home/``: bound at ``/home/user`` (uid and gid 1000), made from the store's ``skel/``.
+- ``config``: the realm's settings, with Citadel's keys (see :mod:`realms.config`).
+- ``origin.toml``: which appimg and version it came from (see :mod:`realms.origin`).
+
+The default realm is the symlink ``default.realm`` in the store; the first realm made becomes the
+default when there is none.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from realms import config, locks, log, origin
+from realms.appimg.ops import LOCK_WAIT, load_record, version_path
+from realms.container import REALM_HOME, Bind, Container, check_os_tree, user_of_uid
+from realms.container import run as run_container
+from realms.errors import AlreadyExists, Busy, InvalidInput, NotFound, RealmsError
+from realms.faults import checkpoint
+from realms.names import check_appimg_name, check_realm_name
+from realms.store import Store, write_toml
+from realms.system.fs import atomic_symlink, atomic_write, fsync_dir
+from realms.units import now
+
+REALM_UID = 1000
+CONFIG_NAME = "config"
+
+
+@dataclass(frozen=True)
+class RealmInfo:
+    name: str
+    origin: origin.Origin
+    current_version: int | None
+    """The appimg's current version, None when the appimg is gone."""
+    default: bool
+    running: bool
+    path: Path
+
+    @property
+    def outdated(self) -> bool:
+        return (
+            self.current_version is not None and self.current_version != self.origin.appimg_version
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "appimg": self.origin.appimg,
+            "appimg_version": self.origin.appimg_version,
+            "appimg_current_version": self.current_version,
+            "outdated": self.outdated,
+            "default": self.default,
+            "running": self.running,
+            "kind": self.origin.kind,
+            "created": self.origin.created,
+            "path": str(self.path),
+        }
+
+
+def realm_dir(store: Store, name: str) -> Path:
+    return store.realms_dir / name
+
+
+def _run_lock_path(store: Store, name: str) -> Path:
+    return store.locks_dir / f"realm.{name}.run.lock"
+
+
+def _exists(store: Store, name: str) -> bool:
+    return (realm_dir(store, name) / origin.ORIGIN_NAME).exists()
+
+
+def _require(store: Store, name: str) -> None:
+    check_realm_name(name)
+    if not _exists(store, name):
+        raise NotFound(f"no realm named {name!r}", hint="'realms list' shows the realms")
+
+
+# The default realm
+
+
+def default_realm(store: Store) -> str | None:
+    """The default realm's name: the store's default.realm link, else the config's
+    default-realm, if that realm exists."""
+    try:
+        name = os.path.basename(os.readlink(store.default_realm_link))
+    except OSError:
+        name = store.config.default_realm
+    return name if name and _exists(store, name) else None
+
+
+def set_default_realm(store: Store, name: str) -> None:
+    with store.realm_lock(name, shared=True, wait=LOCK_WAIT):
+        _require(store, name)
+        atomic_symlink(f"realms/{name}", store.default_realm_link)
+
+
+# Listing
+
+
+def _current_versions(store: Store, appimgs: set[str]) -> dict[str, int]:
+    result = {}
+    for name in appimgs:
+        try:
+            result[name] = load_record(store, name).current
+        except RealmsError:
+            continue
+    return result
+
+
+def list_realms(store: Store) -> list[RealmInfo]:
+    origins = origin.all_origins(store.realms_dir)
+    current = _current_versions(store, {o.appimg for o in origins.values()})
+    default = default_realm(store)
+    return [
+        RealmInfo(
+            name,
+            found,
+            current.get(found.appimg),
+            name == default,
+            not locks.is_free(_run_lock_path(store, name)),
+            realm_dir(store, name),
+        )
+        for name, found in origins.items()
+    ]
+
+
+def show_realm(store: Store, name: str) -> RealmInfo:
+    _require(store, name)
+    found = origin.load(realm_dir(store, name))
+    current = _current_versions(store, {found.appimg}).get(found.appimg)
+    return RealmInfo(
+        name,
+        found,
+        current,
+        name == default_realm(store),
+        not locks.is_free(_run_lock_path(store, name)),
+        realm_dir(store, name),
+    )
+
+
+# Making and removing
+
+
+def _make_home(store: Store, home: Path) -> None:
+    shutil.copytree(store.skel_dir, home, symlinks=True)
+    for directory, subdirectories, files in os.walk(home):
+        for entry in (directory, *(os.path.join(directory, n) for n in subdirectories + files)):
+            os.lchown(entry, REALM_UID, REALM_UID)
+    os.chmod(home, 0o700)
+
+
+def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
+    """Make realm ``name`` from the current version of ``appimg`` (default: the config's
+    default-appimg)."""
+    check_realm_name(name)
+    appimg = check_appimg_name(appimg or store.config.default_appimg)
+    with store.realm_lock(name, wait=LOCK_WAIT):
+        store.sweep(store.realms_dir, store.realm_lock, held=name)
+        if realm_dir(store, name).exists():
+            raise AlreadyExists(f"realm {name!r} already exists")
+        with store.appimg_lock(appimg, shared=True, wait=LOCK_WAIT):
+            record = load_record(store, appimg)
+            version = record.current_version
+            if store.config.require_sealed and version.kind != "sealed":
+                raise RealmsError(
+                    f"appimg {appimg!r} version {version.version} is not sealed, and the policy "
+                    "require-sealed is on",
+                    hint="seal it with 'realms appimg seal', or turn require-sealed off",
+                )
+            if version.kind != "tree":
+                raise RealmsError(f"realms on {version.kind} appimgs are not supported yet")
+            if not store.backend.zero_cost:
+                log.note(f"copy backend: copying appimg {appimg!r} (not a zero-cost snapshot)")
+            with store.staging(realm_dir(store, name), f"realm {name!r}") as staged:
+                staged.mkdir(mode=0o755)
+                store.backend.clone(version_path(store, appimg, version), staged / "rootfs")
+                _make_home(store, staged / "home")
+                template = config.commented_template(
+                    config.REALM_SETTINGS,
+                    f"realm {name}; unset keys fall back to [realm-defaults] in "
+                    f"{store.config_path}",
+                    {"realmfs": appimg},
+                )
+                atomic_write(staged / CONFIG_NAME, template)
+                found = origin.Origin(appimg, version.version, version.kind, now())
+                write_toml(staged / origin.ORIGIN_NAME, found.to_toml())
+                checkpoint("realm-new:staged")
+    checkpoint("realm-new:renamed")
+    if default_realm(store) is None:
+        atomic_symlink(f"realms/{name}", store.default_realm_link)
+    return show_realm(store, name)
+
+
+def remove_realm(store: Store, name: str, *, keep_home: bool = False) -> Path | None:
+    """Remove a realm; with ``keep_home`` move its home to ``removed/`` and return where."""
+    with store.realm_lock(name, wait=LOCK_WAIT):
+        _require(store, name)
+        store.sweep(store.realms_dir, store.realm_lock, held=name)
+        directory = realm_dir(store, name)
+        kept = None
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(_hold_running(store, name))
+            except Busy as busy:
+                raise _running_error(name, busy) from None
+            was_default = default_realm(store) == name
+            if keep_home and (directory / "home").exists():
+                kept = store.removed_dir / f"{name}-{now().replace(':', '')}"
+                os.rename(directory / "home", kept)
+                fsync_dir(store.removed_dir)
+                checkpoint("realm-remove:home-kept")
+            store.discard(directory)
+        if was_default:
+            store.default_realm_link.unlink(missing_ok=True)
+    return kept
+
+
+def _hold_running(store: Store, name: str) -> AbstractContextManager[None]:
+    return locks.hold(_run_lock_path(store, name), what=f"realm {name}", wait=0)
+
+
+def _running_error(name: str, busy: Busy) -> Busy:
+    holder = busy.message.partition(" is busy")[2]
+    return Busy(
+        f"realm {name!r} is running{holder}",
+        hint="wait for what runs in it to finish; one command at a time runs in a realm",
+    )
+
+
+@contextmanager
+def running(store: Store, name: str) -> Iterator[Path]:
+    """Hold realm ``name`` as running for the block: it cannot be removed, nor run twice."""
+    with ExitStack() as stack:
+        # The realm lock is held only while the run lock is taken, so that a removal sees
+        # either a running realm or none, and long runs do not block other realm commands.
+        with store.realm_lock(name, shared=True, wait=LOCK_WAIT):
+            _require(store, name)
+            try:
+                stack.enter_context(_hold_running(store, name))
+            except Busy as busy:
+                raise _running_error(name, busy) from None
+        yield realm_dir(store, name)
+
+
+def realm_settings(store: Store, name: str) -> dict[str, Any]:
+    return config.load_realm(realm_dir(store, name) / CONFIG_NAME, store.config.realm_defaults)
+
+
+# Running
+
+
+def _binds(store: Store, name: str, settings: dict[str, Any]) -> tuple[list[Bind], list[str]]:
+    """The bind mounts and tmpfs mounts that the realm's settings ask for."""
+    binds: list[Bind] = []
+    tmpfs: list[str] = []
+    if settings["use-ephemeral-home"]:
+        tmpfs.append(f"{REALM_HOME}:mode=0700,uid={REALM_UID},gid={REALM_UID}")
+    else:
+        binds.append(Bind(realm_dir(store, name) / "home", REALM_HOME))
+    if settings["use-shared-dir"]:
+        binds.append(Bind(store.shared_dir, f"{REALM_HOME}/Shared"))
+    optional = [
+        ("use-kvm", Path("/dev/kvm"), False),
+        ("use-gpu", Path("/dev/dri"), False),
+        ("use-sound", Path(f"/run/user/{REALM_UID}/pulse"), False),
+        ("use-x11", Path("/tmp/.X11-unix"), True),
+        ("use-wayland", Path(f"/run/user/{REALM_UID}/wayland-0"), False),
+    ]
+    for key, path, readonly in optional:
+        if settings[key]:
+            if path.exists():
+                binds.append(Bind(path, str(path), readonly))
+            else:
+                log.warn(f"realm {name}: {key} is set but {path} does not exist on this host")
+    for key, readonly in (("extra-bindmounts", False), ("extra-bindmounts-ro", True)):
+        for entry in settings[key]:
+            source, _, target = entry.partition(":")
+            if not source.startswith("/") or (target and not target.startswith("/")):
+                raise InvalidInput(f"realm {name}: {key}: {entry!r} is not an absolute path")
+            if not Path(source).exists():
+                raise InvalidInput(f"realm {name}: {key}: {source} does not exist")
+            binds.append(Bind(Path(source), target or source, readonly))
+    return binds, tmpfs
+
+
+def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = False) -> int:
+    """Run ``command`` (a login shell when empty) in realm ``name``; return its exit status.
+
+    It runs as the realm's user (uid 1000, in /home/user) unless ``root``.
+    """
+    with running(store, name) as directory:
+        settings = realm_settings(store, name)
+        rootfs = directory / "rootfs"
+        check_os_tree(rootfs, f"the root filesystem of realm {name!r}")
+        user = None
+        if not root:
+            user = user_of_uid(rootfs, REALM_UID)
+            if user is None:
+                raise RealmsError(
+                    f"realm {name!r} has no user with uid {REALM_UID} in its /etc/passwd",
+                    hint="run as root with --root, or make the appimg with a user",
+                )
+        binds, tmpfs = _binds(store, name, settings)
+        container = Container(
+            rootfs=rootfs,
+            machine=name,
+            command=command,
+            user=user,
+            binds=binds,
+            tmpfs=tmpfs,
+            private_network=not settings["use-network"],
+            workdir=REALM_HOME if user else None,
+        )
+        return run_container(container)

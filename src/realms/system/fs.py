@@ -1,0 +1,162 @@
+"""File primitives that keep the store consistent: atomic writes, no-replace renames, and
+reading files inside an untrusted root filesystem without following its symlinks out of it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+def token() -> str:
+    """A short random string for temporary names."""
+    return secrets.token_hex(4)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``, failing with FileExistsError if ``target`` exists.
+
+    Plain rename(2) silently replaces an empty directory or a file; renameat2 with
+    RENAME_NOREPLACE makes "exactly one creator wins" hold even without a lock.
+    """
+    result = _renameat2(
+        _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
+    )
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(target))
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+    """Write a file through a temporary name and a rename, so readers see old or new, never half."""
+    if isinstance(data, str):
+        data = data.encode()
+    temporary = path.with_name(f".tmp.{path.name}.{token()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_symlink(target: str, path: Path) -> None:
+    """Point the symlink ``path`` at ``target``, replacing it atomically."""
+    temporary = path.with_name(f".tmp.{path.name}.{token()}")
+    os.symlink(target, temporary)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+_MAX_SYMLINKS = 40
+
+
+def open_in_root(root: Path, relative: str) -> int:
+    """Open a file of a root filesystem as a process chrooted to ``root`` would see it.
+
+    Symlinks are resolved component by component relative to ``root`` (an absolute link target
+    restarts at ``root``, ``..`` never climbs above it), so a hostile tree cannot make realms read a
+    file of the host. Returns a read-only file descriptor; raises OSError like open(2).
+    """
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _walk(root_fd, relative)
+    finally:
+        os.close(root_fd)
+
+
+def _walk(root_fd: int, relative: str) -> int:
+    pending = [part for part in relative.split("/") if part not in ("", ".")]
+    stack = [os.dup(root_fd)]
+    hops = 0
+    try:
+        while pending:
+            part = pending.pop(0)
+            if part == "..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            info = os.stat(part, dir_fd=stack[-1], follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                hops += 1
+                if hops > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), relative)
+                target = os.readlink(part, dir_fd=stack[-1])
+                if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                pending[:0] = [p for p in target.split("/") if p not in ("", ".")]
+                continue
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            # O_NONBLOCK: opening a FIFO planted in the tree must not hang us.
+            flags |= os.O_DIRECTORY if pending else os.O_NONBLOCK
+            stack.append(os.open(part, flags, dir_fd=stack[-1]))
+        return stack.pop()
+    finally:
+        for fd in stack:
+            os.close(fd)
+
+
+def read_in_root(root: Path, relative: str, limit: int = 1 << 20) -> bytes:
+    """Read up to ``limit`` bytes of a file inside ``root`` (see :func:`open_in_root`)."""
+    fd = open_in_root(root, relative)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", relative)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(limit)
+
+
+def remove_tree(path: Path, remove_special_dir: Callable[[Path], bool] | None = None) -> None:
+    """Remove a file or a directory tree without following symlinks.
+
+    ``remove_special_dir`` is asked first about every directory; when it returns True it has
+    removed that directory itself (the btrfs backend deletes subvolumes this way).
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        path.unlink()
+        return
+    if remove_special_dir is not None and remove_special_dir(path):
+        return
+    with os.scandir(path) as entries:
+        children = list(entries)
+    for entry in children:
+        if entry.is_dir(follow_symlinks=False):
+            remove_tree(Path(entry.path), remove_special_dir)
+        else:
+            os.unlink(entry.path)
+    os.rmdir(path)

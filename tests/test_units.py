@@ -1,0 +1,156 @@
+"""Small pieces on their own: names, sizes, config validation, the host's apt mirror, reading
+inside an untrusted root, and the command line's parsing and errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from realms import config
+from realms.errors import InvalidInput, InvalidName
+from realms.names import check_appimg_name, check_realm_name
+from realms.system.apt import host_debian_mirror
+from realms.system.fs import read_in_root, rename_noreplace
+from realms.units import parse_size
+from tests.helpers import Realms
+
+
+def test_names() -> None:
+    assert check_realm_name("a") == "a"
+    assert check_realm_name("Work-2") == "Work-2"
+    for bad in ("", "2a", "a_b", "a.b", "a/b", "-a", "é", "a\n"):
+        with pytest.raises(InvalidName):
+            check_realm_name(bad)
+    check_realm_name("a" * 128)
+    with pytest.raises(InvalidName):
+        check_realm_name("a" * 129)
+    check_appimg_name("a" * 40)
+    with pytest.raises(InvalidName):
+        check_appimg_name("a" * 41)
+
+
+def test_sizes() -> None:
+    assert parse_size("32G") == 32 << 30
+    assert parse_size("512m") == 512 << 20
+    assert parse_size("1TiB") == 1 << 40
+    assert parse_size("4096") == 4096
+    for bad in ("", "G", "1.5G", "-1G", "12Q"):
+        with pytest.raises(InvalidInput):
+            parse_size(bad)
+
+
+def test_global_config_validation(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    assert config.load_global(path).default_appimg == "base"
+    path.write_text(
+        'default-appimg = "desk"\nkeep-versions = 5\n[realm-defaults]\nuse-gpu = true\n'
+    )
+    loaded = config.load_global(path)
+    assert loaded.default_appimg == "desk" and loaded.keep_versions == 5
+    assert loaded.realm_defaults["use-gpu"] is True
+    cases = {
+        'verity = "sometimes"': 'verity: expected one of "auto", "kernel", "userspace"',
+        "require-sealed = 1": "require-sealed: expected true or false",
+        "keep-versions = true": "keep-versions: expected a whole number",
+        "keep-versions = 0": "keep-versions: expected at least 1",
+        "colour = 1": "unknown key 'colour'",
+        "[realm-defaults]\nuse-kvm = []": "use-kvm: expected true or false",
+        "= broken": "not valid TOML",
+    }
+    for text, message in cases.items():
+        path.write_text(text + "\n")
+        with pytest.raises(InvalidInput) as raised:
+            config.load_global(path)
+        assert message in raised.value.message and str(path) in raised.value.message
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(InvalidInput, match="not UTF-8"):
+        config.load_global(path)
+
+
+def test_host_mirror(tmp_path: Path) -> None:
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list.d/debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n"
+    )
+    assert host_debian_mirror(apt) == "http://mirror.example/debian"
+    (apt / "sources.list.d/debian.sources").unlink()
+    (apt / "sources.list").write_text(
+        "# comment\ndeb [arch=amd64] http://other.example/debian bookworm main\n"
+    )
+    assert host_debian_mirror(apt) == "http://other.example/debian"
+    (apt / "sources.list").unlink()
+    with pytest.raises(Exception, match="no Debian mirror"):
+        host_debian_mirror(apt)
+
+
+def test_read_in_root_never_leaves_the_root(tmp_path: Path) -> None:
+    outside = tmp_path / "host-secret"
+    outside.write_text("host\n")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/real").write_text("inside\n")
+    (root / "etc/abs").symlink_to("/etc/real")  # absolute: means the root's /etc/real
+    (root / "etc/escape").symlink_to("../../../../host-secret")
+    (root / "etc/host").symlink_to(str(outside))
+    (root / "etc/loop").symlink_to("loop")
+    os.mkfifo(root / "etc/fifo")
+    assert read_in_root(root, "etc/abs") == b"inside\n"
+    assert read_in_root(root, "/etc/../etc/./real") == b"inside\n"
+    for path in ("etc/escape", "etc/host"):
+        with pytest.raises(FileNotFoundError):
+            read_in_root(root, path)
+    with pytest.raises(OSError):
+        read_in_root(root, "etc/loop")
+    with pytest.raises(OSError):
+        read_in_root(root, "etc/fifo")  # and it does not hang
+
+
+def test_rename_noreplace(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()  # empty: plain rename(2) would replace it
+    with pytest.raises(OSError):
+        rename_noreplace(tmp_path / "a", tmp_path / "b")
+    rename_noreplace(tmp_path / "a", tmp_path / "c")
+    assert (tmp_path / "c").is_dir() and not (tmp_path / "a").exists()
+
+
+def test_help_and_usage_errors(tmp_path: Path) -> None:
+    realms = Realms(tmp_path / "store")
+    assert realms("--help").returncode == 0
+    for words in (
+        ["init"],
+        ["status"],
+        ["appimg"],
+        ["appimg", "import"],
+        ["new"],
+        ["run"],
+        ["shell"],
+        ["remove"],
+        ["default"],
+        ["list"],
+        ["show"],
+    ):
+        result = realms(*words, "--help")
+        assert result.returncode == 0 and "usage: realms" in result.stdout
+    for words in (["frobnicate"], ["new"], ["appimg", "import", "x"], ["init", "--backend", "zfs"]):
+        result = realms(*words, check=False)
+        assert result.returncode == 2 and "realms: error:" in result.stderr
+    result = realms("run", "x", check=False)
+    assert result.returncode == 2 and "run needs a command after --" in result.stderr
+    # Global options work after the command too.
+    assert "no realms store at /nowhere" in realms.fails("list", "--store", "/nowhere")
+
+
+def test_module_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "realms", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.startswith("realms ")
