@@ -26,6 +26,9 @@ from realms.appimg.ops import (
     remove_appimg,
     show_appimg,
 )
+from realms.appimg.record import AppimgRecord, Version
+from realms.appimg.update import UpdateResult, update_appimg
+from realms.appimg.versions import Pruned, prune, rollback, set_pinned, versions
 from realms.container import systemd_is_pid1
 from realms.realm import (
     RealmInfo,
@@ -42,10 +45,15 @@ from realms.system import kernel
 
 __all__ = [
     "AppimgInfo",
+    "AppimgRecord",
     "InitResult",
+    "Pruned",
     "RealmInfo",
     "Status",
     "Store",
+    "UpdateResult",
+    "Version",
+    "appimg_versions",
     "default_realm",
     "import_appimg",
     "init",
@@ -54,14 +62,36 @@ __all__ = [
     "locate",
     "new_realm",
     "open_store",
+    "pin_version",
+    "prune_appimg",
     "remove_appimg",
     "remove_realm",
+    "rollback_appimg",
     "run_in_realm",
     "set_default_realm",
     "show_appimg",
     "show_realm",
     "status",
+    "update_appimg",
 ]
+
+
+def appimg_versions(store: Store, name: str) -> AppimgRecord:
+    """The appimg's record: its versions, the current one, its history."""
+    return versions(store, name)
+
+
+def rollback_appimg(store: Store, name: str, version: int | None = None) -> tuple[int, int]:
+    """Make an earlier version current; return (previous, new) current version."""
+    return rollback(store, name, version)
+
+
+def prune_appimg(store: Store, name: str, keep: int | None = None) -> Pruned:
+    return prune(store, name, keep)
+
+
+def pin_version(store: Store, name: str, version: int, *, pinned: bool = True) -> Version:
+    return set_pinned(store, name, version, pinned)
 
 
 def open_store(path: str | Path | None = None) -> Store:

@@ -127,6 +127,32 @@ def cmd_appimg_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _change(version: Any) -> str:
+    if version.written is None:
+        return "-"
+    files = version.files_changed
+    return f"{files} file{'' if files == 1 else 's'}, {format_size(version.written)}"
+
+
+def _print_versions(record: Any) -> None:
+    rows = [
+        [
+            ("*" if v.version == record.current else " ") + str(v.version),
+            v.kind,
+            v.created,
+            v.origin + (f" of {v.parent}" if v.origin == "update" else ""),
+            format_size(v.size) if v.size is not None else "-",
+            _change(v),
+            "yes" if v.pinned else "no",
+            v.detail,
+        ]
+        for v in record.versions
+    ]
+    _print_table(
+        ["VERSION", "KIND", "CREATED", "MADE BY", "SIZE", "WRITTEN", "PINNED", "FROM"], rows
+    )
+
+
 def _print_appimg(info: Any) -> None:
     _print_fields(
         [
@@ -138,19 +164,12 @@ def _print_appimg(info: Any) -> None:
         ]
     )
     print()
-    rows = [
-        [
-            ("*" if v.version == info.version else " ") + str(v.version),
-            v.kind,
-            v.created,
-            v.origin,
-            format_size(v.size),
-            "yes" if v.pinned else "no",
-            v.detail,
-        ]
-        for v in info.record.versions
-    ]
-    _print_table(["VERSION", "KIND", "CREATED", "ORIGIN", "SIZE", "PINNED", "FROM"], rows)
+    _print_versions(info.record)
+    recent = info.record.history[-5:]
+    if recent:
+        print("\nrecent changes:")
+        for change in recent:
+            print(f"  {change.time}  {change.action} -> version {change.version}  {change.detail}")
 
 
 def cmd_appimg_show(args: argparse.Namespace) -> int:
@@ -166,11 +185,66 @@ def cmd_appimg_import(args: argparse.Namespace) -> int:
     info, version = api.import_appimg(
         _store(args), args.name, Path(args.source), new_version=args.new_version
     )
+    size = f" ({format_size(version.size)})" if version.size is not None else ""
+    log.note(f"Imported {args.source} as appimg {info.name} version {version.version}{size}")
+    return 0
+
+
+def cmd_appimg_versions(args: argparse.Namespace) -> int:
+    record = api.appimg_versions(_store(args), args.name)
+    if args.json:
+        _print_json(
+            [{**v.to_json(), "current": v.version == record.current} for v in record.versions]
+        )
+    else:
+        _print_versions(record)
+    return 0
+
+
+def cmd_appimg_rollback(args: argparse.Namespace) -> int:
+    previous, current = api.rollback_appimg(_store(args), args.name, args.version)
     log.note(
-        f"Imported {args.source} as appimg {info.name} version {version.version} "
-        f"({format_size(version.size)})"
+        f"Appimg {args.name} is back at version {current} (was {previous}); new realms are "
+        f"made from it, and realms made from version {previous} show as outdated"
     )
     return 0
+
+
+def cmd_appimg_prune(args: argparse.Namespace) -> int:
+    result = api.prune_appimg(_store(args), args.name, args.keep)
+    kept = ", ".join(map(str, result.kept))
+    if result.removed:
+        removed = ", ".join(map(str, result.removed))
+        log.note(f"Removed versions {removed} of appimg {args.name}; kept {kept}")
+    else:
+        log.note(f"Nothing to prune: appimg {args.name} keeps versions {kept}")
+    return 0
+
+
+def cmd_appimg_pin(args: argparse.Namespace) -> int:
+    api.pin_version(_store(args), args.name, args.version, pinned=args.pinned)
+    verb = "Pinned" if args.pinned else "Unpinned"
+    log.note(f"{verb} version {args.version} of appimg {args.name}")
+    return 0
+
+
+def cmd_update_appimg(args: argparse.Namespace) -> int:
+    result = api.update_appimg(_store(args), args.name, args.trailing or [], discard=args.discard)
+    if result.committed is not None:
+        version = result.committed
+        change = f"; {_change(version)} written" if version.written is not None else ""
+        log.note(
+            f"Committed appimg {result.appimg} version {version.version} "
+            f"(from version {result.base}{change})"
+        )
+    elif result.discarded:
+        log.note(f"Discarded the changes: appimg {result.appimg} stays at version {result.base}")
+    else:
+        log.note(
+            f"Exited with status {result.status}: nothing committed, appimg {result.appimg} "
+            f"stays at version {result.base} (exit 0 commits)"
+        )
+    return result.status
 
 
 def cmd_appimg_remove(args: argparse.Namespace) -> int:
@@ -407,6 +481,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="import as the next version of the existing appimg NAME (realms made before keep "
         "their version)",
     )
+    appimg_versions = command(
+        appimg_commands,
+        "versions",
+        cmd_appimg_versions,
+        "list an appimg's versions: when and how each was made, what it changed, pins",
+    )
+    appimg_versions.add_argument("name")
+    _json_flag(appimg_versions)
+    appimg_rollback = command(
+        appimg_commands,
+        "rollback",
+        cmd_appimg_rollback,
+        "make an earlier version current again (recorded in the appimg's history)",
+        "Make VERSION (default: the newest version older than the current one) the current "
+        "version: new realms are made from it. Nothing is deleted; realms are not changed.",
+    )
+    appimg_rollback.add_argument("name")
+    appimg_rollback.add_argument("version", nargs="?", type=int)
+    appimg_prune = command(
+        appimg_commands,
+        "prune",
+        cmd_appimg_prune,
+        "delete old versions, never the current one or pinned ones",
+        "Delete all but the N newest versions of the appimg (N: --keep, else keep-versions of "
+        "the config, 3). The current version and pinned versions are always kept; realms made "
+        "from deleted versions keep working.",
+    )
+    appimg_prune.add_argument("name")
+    appimg_prune.add_argument("--keep", type=int, metavar="N", help="how many versions to keep")
+    for verb, pinned, text in (
+        ("pin", True, "keep a version from being pruned"),
+        ("unpin", False, "let a pinned version be pruned again"),
+    ):
+        pin = command(appimg_commands, verb, cmd_appimg_pin, text)
+        pin.add_argument("name")
+        pin.add_argument("version", type=int)
+        pin.set_defaults(pinned=pinned)
     appimg_remove = command(
         appimg_commands,
         "remove",
@@ -415,6 +526,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     appimg_remove.add_argument("name")
 
+    update = command(
+        commands,
+        "update-appimg",
+        cmd_update_appimg,
+        "change an appimg in a container with a root shell (or a command); exit 0 commits",
+        "Open a root shell (or run COMMAND) in a container on a working snapshot of the appimg's "
+        "current version (NAME: default-appimg of the config), with the host's network. When "
+        "it exits with status 0 the snapshot becomes the appimg's new current version; any "
+        "other status, --discard, or realms being stopped or killed leaves the appimg as it "
+        "was. Realms are never changed: realms made before show as outdated. The exit status "
+        "is passed through.",
+    )
+    update.add_argument("name", nargs="?", help="default: the default appimg")
+    update.add_argument(
+        "--discard", action="store_true", help="never commit: a scratch session on a copy"
+    )
+    update.usage = "realms update-appimg [-h] [--discard] [NAME] [-- COMMAND [ARG ...]]"
     new = command(
         commands,
         "new",

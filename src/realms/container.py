@@ -52,6 +52,9 @@ class Container:
     private_network: bool = False
     workdir: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
+    pristine: bool = False
+    """Change nothing in the tree but what the command changes: the host's resolv.conf is bound,
+    not copied, and the timezone is left alone (for appimg update sessions)."""
 
 
 def systemd_is_pid1() -> bool:
@@ -103,6 +106,8 @@ def nspawn_argv(container: Container, interactive: bool) -> list[str]:
         argv.append("--private-network")
     argv += [bind.option() for bind in container.binds]
     argv += [f"--tmpfs={path}" for path in container.tmpfs]
+    if container.pristine:
+        argv += ["--resolv-conf=bind-host", "--timezone=off"]
     argv += [f"--setenv={key}={value}" for key, value in container.environment.items()]
     if container.command:
         argv += ["--", *container.command]
@@ -123,23 +128,34 @@ def _copy_stderr(source: IO[bytes]) -> None:
 
 
 def run(container: Container) -> int:
-    """Run the container to completion and return its exit status."""
+    """Run the container to completion and return its exit status.
+
+    If realms is told to stop (SIGTERM, SIGHUP), the container is stopped first and then the
+    Interrupted error goes on, so that callers never take a stopped run for a finished one. If
+    realms is killed outright, nspawn gets SIGTERM from the kernel and stops the container.
+    """
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    process = popen(nspawn_argv(container, interactive), stderr=subprocess.PIPE)
+    process = popen(
+        nspawn_argv(container, interactive), stderr=subprocess.PIPE, die_with_parent=True
+    )
     assert process.stderr is not None
     copier = threading.Thread(target=_copy_stderr, args=(process.stderr,), daemon=True)
     copier.start()
     # Ctrl-C belongs to what runs in the container (nspawn passes it on); realms waits.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupted: Interrupted | None = None
     try:
         while True:
             try:
                 returncode = process.wait()
                 break
-            except Interrupted:
+            except Interrupted as error:
+                interrupted = error
                 process.terminate()
     finally:
         signal.signal(signal.SIGINT, previous)
         copier.join()
         process.stderr.close()
+    if interrupted is not None:
+        raise interrupted
     return returncode

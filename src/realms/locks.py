@@ -38,11 +38,14 @@ def hold(
     what: str,
     shared: bool = False,
     wait: float | None = None,
+    busy: str | None = None,
+    hint: str | None = None,
 ) -> Iterator[None]:
     """Hold the lock at ``path`` for the duration of the block.
 
-    ``what`` names the locked thing in the error (``realm work``). ``wait`` is how long to wait
-    for a busy lock: None waits as long as it takes, 0 fails at once with :class:`Busy`.
+    ``wait`` is how long to wait for a busy lock: None waits as long as it takes, 0 fails at once
+    with :class:`Busy`, whose message is ``busy`` (default: "``what`` is busy") followed by the
+    holder, with ``hint``.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -57,7 +60,8 @@ def hold(
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise Busy(f"{what} is busy{_holder(path)}") from None
+                        message = busy or f"{what} is busy"
+                        raise Busy(f"{message}{_holder(path)}", hint=hint) from None
                     time.sleep(0.05)
         if not shared:
             os.ftruncate(fd, 0)

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from realms import config, locks, log, origin
-from realms.appimg.ops import LOCK_WAIT, load_record, version_path
+from realms.appimg.layout import LOCK_WAIT, load_record, version_path
 from realms.container import REALM_HOME, Bind, Container, check_os_tree, user_of_uid
 from realms.container import run as run_container
-from realms.errors import AlreadyExists, Busy, InvalidInput, NotFound, RealmsError
+from realms.errors import AlreadyExists, InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
 from realms.names import check_appimg_name, check_realm_name
 from realms.store import Store, write_toml
@@ -210,11 +210,7 @@ def remove_realm(store: Store, name: str, *, keep_home: bool = False) -> Path | 
         store.sweep(store.realms_dir, store.realm_lock, held=name)
         directory = realm_dir(store, name)
         kept = None
-        with ExitStack() as stack:
-            try:
-                stack.enter_context(_hold_running(store, name))
-            except Busy as busy:
-                raise _running_error(name, busy) from None
+        with _hold_running(store, name):
             was_default = default_realm(store) == name
             if keep_home and (directory / "home").exists():
                 kept = store.removed_dir / f"{name}-{now().replace(':', '')}"
@@ -228,13 +224,11 @@ def remove_realm(store: Store, name: str, *, keep_home: bool = False) -> Path | 
 
 
 def _hold_running(store: Store, name: str) -> AbstractContextManager[None]:
-    return locks.hold(_run_lock_path(store, name), what=f"realm {name}", wait=0)
-
-
-def _running_error(name: str, busy: Busy) -> Busy:
-    holder = busy.message.partition(" is busy")[2]
-    return Busy(
-        f"realm {name!r} is running{holder}",
+    return locks.hold(
+        _run_lock_path(store, name),
+        what=f"realm {name}",
+        wait=0,
+        busy=f"realm {name!r} is running",
         hint="wait for what runs in it to finish; one command at a time runs in a realm",
     )
 
@@ -247,10 +241,7 @@ def running(store: Store, name: str) -> Iterator[Path]:
         # either a running realm or none, and long runs do not block other realm commands.
         with store.realm_lock(name, shared=True, wait=LOCK_WAIT):
             _require(store, name)
-            try:
-                stack.enter_context(_hold_running(store, name))
-            except Busy as busy:
-                raise _running_error(name, busy) from None
+            stack.enter_context(_hold_running(store, name))
         yield realm_dir(store, name)
 
 

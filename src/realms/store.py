@@ -50,6 +50,7 @@ DEFAULT_POOL_SIZE = 32 << 30
 
 NEW_PREFIX = ".new."
 DELETED_PREFIX = ".del."
+WORKING_PREFIX = ".update."
 
 
 def locate(path: str | Path | None = None) -> Path:
@@ -222,14 +223,15 @@ class Store:
         return removed
 
     def leftovers(self) -> list[Path]:
-        """Temporary names in the store (of running or killed commands)."""
+        """Temporary names in the store (of running or killed commands; working copies of
+        update sessions included)."""
         found = []
         for directory in (self.appimgs_dir, self.realms_dir, *self.appimgs_dir.glob("*/")):
             if directory.is_dir():
                 found += [
                     directory / entry
                     for entry in os.listdir(directory)
-                    if entry.startswith((NEW_PREFIX, DELETED_PREFIX))
+                    if entry.startswith((NEW_PREFIX, DELETED_PREFIX, WORKING_PREFIX))
                 ]
         return found
 

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from realms import log, origin
 from realms.appimg import tarball
-from realms.appimg.record import RECORD_NAME, AppimgRecord, Version, load
+from realms.appimg.layout import (
+    LOCK_WAIT,
+    appimg_dir,
+    clean_versions,
+    load_record,
+    no_update_running,
+)
+from realms.appimg.record import RECORD_NAME, AppimgRecord, Change, Version, load
 from realms.errors import AlreadyExists, InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
 from realms.names import check_appimg_name
@@ -25,7 +33,6 @@ from realms.store import Store, write_toml
 from realms.system.run import run
 from realms.units import now
 
-LOCK_WAIT = 30.0
 SGOS_MAGIC = b"SGOS"
 
 
@@ -54,27 +61,8 @@ class AppimgInfo:
             ],
             "realms": self.realms,
             "path": str(self.path),
+            "history": [asdict(change) for change in self.record.history],
         }
-
-
-def appimg_dir(store: Store, name: str) -> Path:
-    return store.appimgs_dir / name
-
-
-def version_path(store: Store, name: str, version: Version) -> Path:
-    return appimg_dir(store, name) / version.tree_name()
-
-
-def load_record(store: Store, name: str) -> AppimgRecord:
-    """The record of an existing appimg, or NotFound with a hint."""
-    check_appimg_name(name)
-    directory = appimg_dir(store, name)
-    if not (directory / RECORD_NAME).exists():
-        raise NotFound(
-            f"no appimg named {name!r}",
-            hint="'realms appimg list' shows the appimgs; 'realms appimg import' adds one",
-        )
-    return load(directory)
 
 
 def _names(store: Store) -> list[str]:
@@ -142,7 +130,6 @@ def _classify(source: Path) -> _Source:
 
 
 def _fill(store: Store, source: _Source, tree: Path) -> None:
-    store.backend.create_tree(tree)
     if source.compression is None:
         with log.step(f"Copying {source.path}"):
             run(["cp", "-a", "--reflink=auto", "--", f"{source.path}/.", f"{tree}/"])
@@ -171,64 +158,83 @@ def import_appimg(
     source = _classify(source_path)
     if source.compression is not None:
         tarball.check(source.path, source.compression)
-    detail = str(source.path.resolve())
+
+    def fill(tree: Path) -> None:
+        _fill(store, source, tree)
+        checkpoint("appimg-import:extracted")
+        _check_os_tree(tree, source.path)
+
+    version = add_tree_version(
+        store,
+        name,
+        fill,
+        origin="import",
+        detail=str(source.path.resolve()),
+        mode="add" if new_version else "create",
+    )
+    return show_appimg(store, name), version
+
+
+def add_tree_version(
+    store: Store,
+    name: str,
+    fill: Callable[[Path], None],
+    *,
+    origin: str,
+    detail: str,
+    mode: str = "either",
+) -> Version:
+    """Make a tree with ``fill`` (given an empty writable tree) and commit it as the new current
+    version of appimg ``name``; ``mode`` says whether the appimg must be new ("create"), must
+    exist ("add"), or may be either ("either").
+    """
     with store.appimg_lock(name, wait=LOCK_WAIT):
         store.sweep(store.appimgs_dir, store.appimg_lock, held=name)
         directory = appimg_dir(store, name)
         if (directory / RECORD_NAME).exists():
-            if not new_version:
+            if mode == "create":
                 raise AlreadyExists(
                     f"appimg {name!r} already exists",
                     hint="add --new-version to import as its next version, or choose another name",
                 )
             record = load(directory)
             clean_versions(store, name, record)
-            number = record.next_number()
-            version = Version(number, "tree", now(), "import", detail)
-            with store.staging(directory / version.tree_name(), f"{name} v{number}") as tree:
-                _fill(store, source, tree)
-                checkpoint("appimg-import:extracted")
-                _check_os_tree(tree, source.path)
-                version.size = _tree_size(tree)
-                store.backend.freeze(tree)
+            version = Version(record.next_number(), "tree", now(), origin, detail)
+            version.parent = record.current
+            with store.staging(
+                directory / version.tree_name(), f"{name} v{version.version}"
+            ) as tree:
+                _make_frozen_tree(store, tree, fill, version)
             checkpoint("appimg-version:renamed")
-            record.versions.append(version)
-            record.current = number
+            record.add(version, Change(now(), origin, version.version, detail))
             write_toml(directory / RECORD_NAME, record.to_toml())
-        else:
-            if new_version:
-                raise NotFound(f"no appimg named {name!r} to add a version to")
-            version = Version(1, "tree", now(), "import", detail)
-            record = AppimgRecord(name, 1, [version])
-            with store.staging(directory, f"appimg {name!r}") as staged:
-                staged.mkdir(mode=0o755)
-                tree = staged / version.tree_name()
-                _fill(store, source, tree)
-                checkpoint("appimg-import:extracted")
-                _check_os_tree(tree, source.path)
-                version.size = _tree_size(tree)
-                store.backend.freeze(tree)
-                write_toml(staged / RECORD_NAME, record.to_toml())
-                checkpoint("appimg-import:staged")
-    return show_appimg(store, name), version
+            return version
+        if mode == "add":
+            raise NotFound(f"no appimg named {name!r} to add a version to")
+        version = Version(1, "tree", now(), origin, detail)
+        record = AppimgRecord(name, 1)
+        record.add(version, Change(now(), origin, 1, detail))
+        with store.staging(directory, f"appimg {name!r}") as staged:
+            staged.mkdir(mode=0o755)
+            _make_frozen_tree(store, staged / version.tree_name(), fill, version)
+            write_toml(staged / RECORD_NAME, record.to_toml())
+            checkpoint("appimg-import:staged")
+        return version
 
 
-def clean_versions(store: Store, name: str, record: AppimgRecord) -> None:
-    """Delete trees in the appimg's directory that its record does not name (leftovers of
-    killed commands). The caller holds the appimg's lock."""
-    directory = appimg_dir(store, name)
-    known = {v.tree_name() for v in record.versions}
-    for entry in os.listdir(directory):
-        if entry == RECORD_NAME or entry in known:
-            continue
-        if entry.startswith((".new.", ".del.")) or re.fullmatch(r"v\d+", entry):
-            store.backend.remove(directory / entry)
+def _make_frozen_tree(
+    store: Store, tree: Path, fill: Callable[[Path], None], version: Version
+) -> None:
+    store.backend.create_tree(tree)
+    fill(tree)
+    version.size = _tree_size(tree)
+    store.backend.freeze(tree)
 
 
 def remove_appimg(store: Store, name: str) -> list[str]:
     """Remove an appimg and all its versions; return the realms that were made from it (tree
     realms are independent copies and keep working)."""
-    with store.appimg_lock(name, wait=LOCK_WAIT):
+    with store.appimg_lock(name, wait=LOCK_WAIT), no_update_running(store, name):
         load_record(store, name)
         users = _users(store).get(name, [])
         store.discard(appimg_dir(store, name))

@@ -1,8 +1,14 @@
 """An appimg's record: ``appimg/NAME/appimg.toml``, rewritten atomically on every change.
 
 An appimg has numbered versions; one is current, and new realms are made from it. A version of
-kind ``tree`` is the frozen tree ``appimg/NAME/vN``. The record also says how each version was
-made (``origin``: import, build, update, ...) and from what (``detail``).
+kind ``tree`` is the frozen tree ``appimg/NAME/vN``. Each version says how it was made
+(``origin``: import, build or update), from what (``detail``: the source, the command that ran),
+from which version (``parent``), and what that changed where it is known (``written`` bytes in
+``files_changed`` files, for updates on btrfs). Versions are never renumbered; a new version
+always gets a number higher than every version there ever was.
+
+The ``history`` lists every change of the current version (import, build, update, rollback),
+so that a rollback is itself a recorded change.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from realms.errors import InvalidInput
 
 RECORD_NAME = "appimg.toml"
 KINDS = ("tree", "block", "sealed")
+HISTORY_KEPT = 200
 
 
 @dataclass
@@ -26,7 +33,10 @@ class Version:
     origin: str
     detail: str = ""
     pinned: bool = False
-    size: int = 0
+    size: int | None = None
+    parent: int | None = None
+    written: int | None = None
+    files_changed: int | None = None
 
     def tree_name(self) -> str:
         return f"v{self.version}"
@@ -36,10 +46,21 @@ class Version:
 
 
 @dataclass
+class Change:
+    time: str
+    action: str
+    version: int
+    detail: str = ""
+
+
+@dataclass
 class AppimgRecord:
     name: str
     current: int
     versions: list[Version] = field(default_factory=list)
+    history: list[Change] = field(default_factory=list)
+    highest: int = 0
+    """The highest version number ever given, so that numbers are never reused."""
 
     def version(self, number: int) -> Version | None:
         return next((v for v in self.versions if v.version == number), None)
@@ -51,13 +72,29 @@ class AppimgRecord:
         return found
 
     def next_number(self) -> int:
-        return max((v.version for v in self.versions), default=0) + 1
+        return max([self.highest, *(v.version for v in self.versions)]) + 1
+
+    def add(self, version: Version, change: Change) -> None:
+        """Add a version and make it current."""
+        self.versions.append(version)
+        self.versions.sort(key=lambda v: v.version)
+        self.highest = max(self.highest, version.version)
+        self.current = version.version
+        self.record(change)
+
+    def record(self, change: Change) -> None:
+        self.history = [*self.history, change][-HISTORY_KEPT:]
 
     def to_toml(self) -> dict[str, Any]:
+        def without_none(item: Any) -> dict[str, Any]:
+            return {k: v for k, v in asdict(item).items() if v is not None}
+
         return {
             "name": self.name,
             "current": self.current,
-            "versions": [asdict(v) for v in self.versions],
+            "highest": max(self.highest, self.current),
+            "versions": [without_none(v) for v in self.versions],
+            "history": [without_none(c) for c in self.history],
         }
 
 
@@ -66,7 +103,10 @@ def load(directory: Path) -> AppimgRecord:
     data = read_toml(path)
     try:
         versions = [Version(**entry) for entry in data["versions"]]
-        record = AppimgRecord(str(data["name"]), int(data["current"]), versions)
+        history = [Change(**entry) for entry in data.get("history", [])]
+        record = AppimgRecord(
+            str(data["name"]), int(data["current"]), versions, history, int(data.get("highest", 0))
+        )
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidInput(f"{path}: damaged appimg record ({error})") from None
     if record.version(record.current) is None or any(v.kind not in KINDS for v in versions):

@@ -14,8 +14,17 @@ names, locks and cleanup.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Changes:
+    written: int
+    """Bytes of file data written."""
+    files: int
+    """Files written to (created or changed); deletions are not counted."""
 
 
 class Backend(Protocol):
@@ -37,6 +46,12 @@ class Backend(Protocol):
 
     def reclaim_space(self, store: Path) -> None:
         """Wait until the space of removed trees is free again (after a failed change)."""
+
+    def change_marker(self, path: Path) -> int | None:
+        """A mark of the tree's state now, for :meth:`changes_since` (None: not supported)."""
+
+    def changes_since(self, path: Path, marker: int) -> Changes | None:
+        """What was written to the tree since ``marker``, or None if the backend cannot tell."""
 
 
 def backend_named(name: str) -> Backend:

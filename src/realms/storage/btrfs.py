@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from realms.storage import Changes
 from realms.system import btrfs
 from realms.system.fs import remove_tree
 
@@ -28,6 +29,13 @@ class BtrfsBackend:
         # btrfs frees a deleted subvolume's extents in the background; after a command failed
         # for lack of space, the next one should not fail for the same reason.
         btrfs.wait_for_deletions(store)
+
+    def change_marker(self, path: Path) -> int | None:
+        return btrfs.generation_at_creation(path)
+
+    def changes_since(self, path: Path, marker: int) -> Changes | None:
+        written, files = btrfs.written_since(path, marker)
+        return Changes(written, files)
 
 
 def _delete_if_subvolume(path: Path) -> bool:

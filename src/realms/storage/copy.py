@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from realms.storage import Changes
 from realms.system.fs import remove_tree
 from realms.system.run import run
 
@@ -31,3 +32,9 @@ class CopyBackend:
 
     def reclaim_space(self, store: Path) -> None:
         pass
+
+    def change_marker(self, path: Path) -> int | None:
+        return None
+
+    def changes_since(self, path: Path, marker: int) -> Changes | None:
+        return None

@@ -7,10 +7,11 @@ data with its source and costs the same whatever the size of the tree.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
-from realms.errors import CommandFailed
+from realms.errors import CommandFailed, RealmsError
 from realms.system.run import run
 
 # The inode number of the root directory of every btrfs subvolume.
@@ -75,6 +76,28 @@ def _nested_subvolumes(path: Path) -> list[Path]:
                 keep.append(name)
         subdirectories[:] = keep
     return found
+
+
+def generation_at_creation(path: Path) -> int:
+    """The transaction id at which the subvolume was made (its snapshot's starting point)."""
+    output = str(run(["btrfs", "subvolume", "show", path]).stdout)
+    match = re.search(r"^\s*Gen at creation:\s*(\d+)", output, re.MULTILINE)
+    if not match:
+        raise RealmsError(f"btrfs subvolume show {path} did not say its generation")
+    return int(match[1])
+
+
+def written_since(path: Path, generation: int) -> tuple[int, int]:
+    """Bytes written and files written to in the subvolume after ``generation``: a search of
+    the changed part of its tree (btrfs subvolume find-new), not a walk of the whole tree.
+    Call after the data is on disk (syncfs), or writes still in memory are missed."""
+    output = str(run(["btrfs", "subvolume", "find-new", path, str(generation)]).stdout)
+    written = 0
+    inodes = set()
+    for match in re.finditer(r"^inode (\d+) file offset \d+ len (\d+) ", output, re.MULTILINE):
+        inodes.add(match[1])
+        written += int(match[2])
+    return written, len(inodes)
 
 
 def wait_for_deletions(path: Path) -> None:

@@ -34,6 +34,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def syncfs(path: Path) -> None:
+    """Write everything of the filesystem that holds ``path`` to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
 def rename_noreplace(source: Path, target: Path) -> None:
     """Rename ``source`` to ``target``, failing with FileExistsError if ``target`` exists.
 

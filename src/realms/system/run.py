@@ -8,9 +8,11 @@ command and the last lines of its stderr.
 
 from __future__ import annotations
 
+import ctypes
 import shlex
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -96,8 +98,13 @@ def popen(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     start_new_session: bool = False,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a command and return the process; the caller waits for it."""
+    """Start a command and return the process; the caller waits for it.
+
+    With ``die_with_parent`` the kernel sends the command SIGTERM if realms dies first (even by
+    SIGKILL), so that no container outlives the command that started it.
+    """
     args = _strings(argv)
     log.debug("+ " + shlex.join(args))
     try:
@@ -109,11 +116,26 @@ def popen(
             env=env,
             cwd=cwd,
             start_new_session=start_new_session,
+            preexec_fn=_death_signal() if die_with_parent else None,  # noqa: PLW1509
         )
     except FileNotFoundError as error:
         if error.filename == args[0]:
             raise _missing(args[0]) from None
         raise
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _death_signal() -> Callable[[], None]:
+    """A function for the child (between fork and exec) that asks for SIGTERM when realms
+    dies; libc is looked up here, in the parent, so the child only makes one call."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def ask() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return ask
 
 
 def check_exit(argv: Argv, returncode: int, stderr: bytes | str) -> None:

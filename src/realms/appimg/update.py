@@ -1,0 +1,125 @@
+"""Update sessions: change an appimg in a container, then commit the change as a new version.
+
+Citadel's ``update-appimg`` edited the live image. Here a session works on a copy:
+
+1. The appimg's update lock is taken for the whole session: one update at a time per appimg, and
+   a second one is told which command holds it. Realms can still be made from the current
+   version meanwhile: the appimg's own lock is only taken for moments.
+2. The current version is snapshotted as the working copy ``appimg/NAME/.update.RANDOM``.
+3. A root shell (or the given command) runs in systemd-nspawn on the working copy, as machine
+   ``NAME-appimg-update`` with the host's network. The host's resolv.conf is bound, not copied,
+   and the timezone is left alone, so that only what the user does ends up in the image.
+4. Exit status 0 commits: the working copy is written to disk, frozen, renamed to ``vN`` and
+   recorded as the current version, under the appimg's lock. Commit time does not depend on the
+   image's size. Any other exit status, ``discard``, or realms being stopped deletes the
+   working copy. If realms is killed outright, the kernel stops the container (see
+   :func:`realms.system.run.popen`) and the next command that takes the update lock deletes
+   the working copy: the appimg stays as it was.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from realms import log
+from realms.appimg.layout import (
+    LOCK_WAIT,
+    appimg_dir,
+    clean_versions,
+    load_record,
+    no_update_running,
+    version_path,
+)
+from realms.appimg.record import RECORD_NAME, Change, Version
+from realms.container import Container, check_os_tree
+from realms.container import run as run_container
+from realms.errors import RealmsError
+from realms.faults import checkpoint
+from realms.names import check_appimg_name
+from realms.store import WORKING_PREFIX, Store, write_toml
+from realms.system.fs import fsync_dir, rename_noreplace, syncfs, token
+from realms.units import now
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    appimg: str
+    base: int
+    """The version the session started from."""
+    status: int
+    """The exit status of the shell or command."""
+    committed: Version | None
+    discarded: bool
+
+
+def update_appimg(
+    store: Store, name: str | None, command: list[str], *, discard: bool = False
+) -> UpdateResult:
+    """Run ``command`` (a root shell when empty) on a working copy of appimg ``name`` (default:
+    the config's default-appimg) and commit it as a new version if it exits 0."""
+    name = check_appimg_name(name or store.config.default_appimg)
+    with no_update_running(store, name):
+        working, base, marker = _start(store, name)
+        try:
+            status = _run(store, name, working, command)
+            if status != 0 or discard:
+                return UpdateResult(name, base.version, status, None, discard)
+            detail = shlex.join(command) if command else "interactive shell"
+            version = _commit(store, name, working, base, marker=marker, detail=detail)
+            return UpdateResult(name, base.version, status, version, False)
+        finally:
+            if working.exists():
+                with log.step("Removing the working copy"):
+                    store.backend.remove(working)
+
+
+def _start(store: Store, name: str) -> tuple[Path, Version, int | None]:
+    """Snapshot the current version as a working copy; return it, the version and a marker."""
+    with store.appimg_lock(name, wait=LOCK_WAIT):
+        record = load_record(store, name)
+        clean_versions(store, name, record, update_lock_held=True)
+        base = record.current_version
+        if base.kind != "tree":
+            raise RealmsError(f"updating {base.kind} appimgs is not supported yet")
+        working = appimg_dir(store, name) / f"{WORKING_PREFIX}{token()}"
+        if not store.backend.zero_cost:
+            log.note(f"copy backend: copying appimg {name!r} for the update (not a snapshot)")
+        store.backend.clone(version_path(store, name, base), working)
+    return working, base, store.backend.change_marker(working)
+
+
+def _run(store: Store, name: str, working: Path, command: list[str]) -> int:
+    check_os_tree(working, f"appimg {name!r}")
+    if command:
+        log.note(f"Running {shlex.join(command)} on {name} appimg")
+    else:
+        log.note("Leave the shell with exit status 0 to commit the changes as a new version")
+        log.note(f"Entering root shell on {name} appimg")
+    container = Container(
+        rootfs=working, machine=f"{name}-appimg-update", command=command, pristine=True
+    )
+    return run_container(container)
+
+
+def _commit(
+    store: Store, name: str, working: Path, base: Version, *, marker: int | None, detail: str
+) -> Version:
+    # Everything that takes time happens before the lock: writing the changes to disk and
+    # finding what changed costs what the session wrote, not what the image holds.
+    syncfs(working)
+    changes = store.backend.changes_since(working, marker) if marker is not None else None
+    with store.appimg_lock(name, wait=LOCK_WAIT):
+        record = load_record(store, name)
+        version = Version(record.next_number(), "tree", now(), "update", detail)
+        version.parent = base.version
+        if changes is not None:
+            version.written, version.files_changed = changes.written, changes.files
+        store.backend.freeze(working)
+        rename_noreplace(working, version_path(store, name, version))
+        fsync_dir(appimg_dir(store, name))
+        checkpoint("appimg-update:renamed")
+        record.add(version, Change(now(), "update", version.version, detail))
+        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+    return version

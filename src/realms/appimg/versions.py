@@ -1,0 +1,97 @@
+"""An appimg's versions: listing them, rolling back, pruning, pinning.
+
+Rollback moves the current version to an earlier one and records that in the appimg's history;
+no tree is copied or deleted, and realms are not touched (realms made from a later version show
+as outdated). Prune deletes old versions beyond a count, never the current one and never a pinned
+one. Every change is made under the appimg's lock and written atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from realms.appimg.layout import (
+    LOCK_WAIT,
+    appimg_dir,
+    clean_versions,
+    load_record,
+    version_path,
+)
+from realms.appimg.record import RECORD_NAME, AppimgRecord, Change, Version
+from realms.errors import InvalidInput, NotFound, RealmsError
+from realms.store import Store, write_toml
+from realms.units import now
+
+
+def versions(store: Store, name: str) -> AppimgRecord:
+    return load_record(store, name)
+
+
+def _require_version(record: AppimgRecord, number: int) -> Version:
+    found = record.version(number)
+    if found is None:
+        known = ", ".join(str(v.version) for v in record.versions)
+        raise NotFound(f"appimg {record.name!r} has no version {number} (it has {known})")
+    return found
+
+
+def rollback(store: Store, name: str, number: int | None = None) -> tuple[int, int]:
+    """Make version ``number`` (default: the newest one older than the current) current;
+    return (previous current, new current)."""
+    with store.appimg_lock(name, wait=LOCK_WAIT):
+        record = load_record(store, name)
+        if number is None:
+            older = [v.version for v in record.versions if v.version < record.current]
+            if not older:
+                raise RealmsError(
+                    f"appimg {name!r} has no version older than the current one "
+                    f"({record.current}) to roll back to"
+                )
+            number = max(older)
+        target = _require_version(record, number)
+        if target.version == record.current:
+            raise InvalidInput(f"version {number} of appimg {name!r} is already current")
+        previous = record.current
+        record.current = target.version
+        record.record(Change(now(), "rollback", target.version, f"from version {previous}"))
+        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+    return previous, target.version
+
+
+def set_pinned(store: Store, name: str, number: int, pinned: bool) -> Version:
+    with store.appimg_lock(name, wait=LOCK_WAIT):
+        record = load_record(store, name)
+        version = _require_version(record, number)
+        version.pinned = pinned
+        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+    return version
+
+
+@dataclass(frozen=True)
+class Pruned:
+    removed: list[int]
+    kept: list[int]
+
+
+def prune(store: Store, name: str, keep: int | None = None) -> Pruned:
+    """Delete all but the ``keep`` newest versions (default: keep-versions of the config),
+    sparing the current version and pinned ones."""
+    keep = store.config.keep_versions if keep is None else keep
+    if keep < 1:
+        raise InvalidInput("--keep must be at least 1")
+    with store.appimg_lock(name, wait=LOCK_WAIT):
+        record = load_record(store, name)
+        clean_versions(store, name, record)
+        newest = sorted((v.version for v in record.versions), reverse=True)[:keep]
+        doomed = [
+            v
+            for v in record.versions
+            if v.version not in newest and v.version != record.current and not v.pinned
+        ]
+        # The record stops naming a version before its tree goes, so a kill in between leaves
+        # only a tree that clean_versions deletes later, never a record naming a missing tree.
+        record.versions = [v for v in record.versions if v not in doomed]
+        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+        for version in doomed:
+            store.discard(version_path(store, name, version))
+    return Pruned([v.version for v in doomed], [v.version for v in record.versions])
