@@ -3,16 +3,16 @@
 #   1. install the system tools realms uses (apt-get) and realms itself (a virtualenv in .venv,
 #      with the `realms` command linked into /usr/local/bin);
 #   2. prepare the store (/var/lib/realms, or $REALMS_STORE);
-#   3. make the default appimg `base`: a Debian trixie minbase with a user `user` (uid 1000),
-#      bootstrapped with mmdebstrap from the host's Debian mirror and imported;
+#   3. build the default appimg `base` with `realms appimg build`: Debian trixie with a user
+#      `user` (uid 1000), from the host's Debian mirror;
 #   4. make the realm `demo` from it and run a command in it.
 # Every step is skipped when already done, so running it again is cheap.
 # ./setup.sh --install-only stops after step 1.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
-PACKAGES=(btrfs-progs systemd-container mmdebstrap busybox-static zstd xz-utils tar
-          uidmap python3-venv)
+PACKAGES=(btrfs-progs systemd-container mmdebstrap debootstrap busybox-static zstd xz-utils
+          tar util-linux python3-venv)
 REPO=$PWD
 STAMP=.venv/.installed
 realms() { "$REPO/.venv/bin/realms" "$@"; }
@@ -58,16 +58,7 @@ ln -sf "$REPO/.venv/bin/realms" /usr/local/bin/realms
 [ "${1:-}" = "--install-only" ] && exit 0
 
 realms init
-if ! realms appimg show base >/dev/null 2>&1; then
-    work=$(mktemp -d /var/tmp/realms-base.XXXXXX)
-    trap 'rm -rf "$work"' EXIT
-    mirror=$(.venv/bin/python -c 'from realms.system.apt import host_debian_mirror as m; print(m())')
-    say "Bootstrapping Debian trixie (minbase) from $mirror"
-    mmdebstrap --quiet --variant=minbase --include=sudo \
-        --customize-hook='chroot "$1" useradd --create-home --uid 1000 --user-group --groups sudo --shell /bin/bash user' \
-        trixie "$work/base.tar.zst" "$mirror"
-    realms appimg import base "$work/base.tar.zst"
-fi
+realms appimg build     # the default appimg base; does nothing when it is up to date
 realms show demo >/dev/null 2>&1 || realms new demo
 say "Running a command in realm demo:"
 realms run demo -- sh -c '. /etc/os-release; echo "$PRETTY_NAME in realm $(hostname), as $(id -un) (uid $(id -u))"'

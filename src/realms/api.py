@@ -29,7 +29,10 @@ from realms.appimg.ops import (
 from realms.appimg.record import AppimgRecord, Version
 from realms.appimg.update import UpdateResult, update_appimg
 from realms.appimg.versions import Pruned, prune, rollback, set_pinned, versions
+from realms.builder.build import BuildResult, build
+from realms.builder.config import template as build_template
 from realms.container import systemd_is_pid1
+from realms.errors import AlreadyExists
 from realms.realm import (
     RealmInfo,
     default_realm,
@@ -46,6 +49,7 @@ from realms.system import kernel
 __all__ = [
     "AppimgInfo",
     "AppimgRecord",
+    "BuildResult",
     "InitResult",
     "Pruned",
     "RealmInfo",
@@ -54,6 +58,7 @@ __all__ = [
     "UpdateResult",
     "Version",
     "appimg_versions",
+    "build_appimg",
     "default_realm",
     "import_appimg",
     "init",
@@ -73,6 +78,7 @@ __all__ = [
     "show_realm",
     "status",
     "update_appimg",
+    "write_build_template",
 ]
 
 
@@ -92,6 +98,27 @@ def prune_appimg(store: Store, name: str, keep: int | None = None) -> Pruned:
 
 def pin_version(store: Store, name: str, version: int, *, pinned: bool = True) -> Version:
     return set_pinned(store, name, version, pinned)
+
+
+def build_appimg(
+    store: Store,
+    config: Path | None = None,
+    *,
+    name: str | None = None,
+    output: Path | None = None,
+    rebuild: bool = False,
+) -> BuildResult:
+    """Build an appimg from a build config (None: the default appimg base)."""
+    return build(store, config, name=name, output=output, rebuild=rebuild)
+
+
+def write_build_template(path: Path) -> None:
+    """Write the commented template of a build config; refuse to overwrite a file."""
+    try:
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write(build_template())
+    except FileExistsError:
+        raise AlreadyExists(f"{path} exists already", hint="name another file") from None
 
 
 def open_store(path: str | Path | None = None) -> Store:

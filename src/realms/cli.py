@@ -228,6 +228,35 @@ def cmd_appimg_pin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_appimg_build(args: argparse.Namespace) -> int:
+    if args.new:
+        target = Path(args.config or "build.toml")
+        api.write_build_template(target)
+        log.note(f"Wrote {target}: every key of a build config, set to the defaults")
+        return 0
+    result = api.build_appimg(
+        _store(args),
+        Path(args.config) if args.config else None,
+        name=args.name,
+        output=Path(args.output) if args.output else None,
+        rebuild=args.rebuild,
+    )
+    took = f"{result.seconds:.1f}s"
+    if result.outcome == "up to date":
+        assert result.version is not None
+        log.note(
+            f"Appimg {result.name} is up to date: version {result.version.version} was built "
+            "from the same inputs (--rebuild builds it again, with the mirror's newest packages)"
+        )
+    elif result.output is not None:
+        log.note(f"Wrote {result.output} ({result.outcome}, {took})")
+    else:
+        assert result.version is not None
+        source = " from the build cache" if result.outcome == "cached" else ""
+        log.note(f"Built appimg {result.name} version {result.version.version}{source} in {took}")
+    return 0
+
+
 def cmd_update_appimg(args: argparse.Namespace) -> int:
     result = api.update_appimg(_store(args), args.name, args.trailing or [], discard=args.discard)
     if result.committed is not None:
@@ -481,6 +510,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="import as the next version of the existing appimg NAME (realms made before keep "
         "their version)",
     )
+    appimg_build = command(
+        appimg_commands,
+        "build",
+        cmd_appimg_build,
+        "build a Debian-based appimg from a declarative config (default: base)",
+        "Build a tree appimg from CONFIG (a TOML file; without one, the default appimg base: "
+        "Debian trixie with a user 'user', uid 1000) and commit it as the appimg's new current "
+        "version, or write it to --output. Downloaded packages and finished builds are cached "
+        "in the store: a build whose inputs (config, the files and scripts it names, release, "
+        "mirror, packages) did not change reuses its result. The log of every build is kept in "
+        "the store's logs/ directory.",
+    )
+    appimg_build.add_argument("config", nargs="?", metavar="CONFIG", help="the build config")
+    appimg_build.add_argument("--name", help="the appimg to build (default: the config's name)")
+    appimg_build.add_argument(
+        "--new",
+        action="store_true",
+        help="write a commented template config to CONFIG (default: build.toml) and stop",
+    )
+    appimg_build.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write the result as a tarball (.tar, .tar.gz, .tar.xz, .tar.zst), not a version",
+    )
+    appimg_build.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="build even when the inputs did not change (to get the mirror's newest packages)",
+    )
     appimg_versions = command(
         appimg_commands,
         "versions",
@@ -622,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
     try:
-        if os.geteuid() != 0:
+        if os.geteuid() != 0 and not getattr(args, "new", False):
             raise RealmsError(
                 "realms needs root: it makes btrfs subvolumes, mounts and containers",
                 hint="run it with sudo",
@@ -632,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as error:
         parser.error(str(error))
     except RealmsError as error:
-        _print_error(error.message, error.hint)
+        _print_error(error.message, error.hint, error.details)
         return 1
     except KeyboardInterrupt:
         _print_error("interrupted", None)
@@ -656,8 +714,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _print_error(message: str, hint: str | None) -> None:
+def _print_error(message: str, hint: str | None, details: list[str] | None = None) -> None:
     log.end_line()
     print(f"realms: error: {message}", file=sys.stderr)
+    for line in details or []:
+        print(f"  | {line}", file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -75,6 +76,20 @@ def user_of_uid(rootfs: Path, uid: int) -> str | None:
     return None
 
 
+def default_locale(rootfs: Path) -> str | None:
+    """LANG as the image sets it (/etc/default/locale or /etc/locale.conf), for commands that
+    do not go through a login (which would read it with PAM)."""
+    for relative in ("etc/default/locale", "etc/locale.conf"):
+        try:
+            text = read_in_root(rootfs, relative, limit=4096).decode(errors="replace")
+        except OSError:
+            continue
+        match = re.search(r"^\s*LANG=\"?([A-Za-z0-9_.@-]+)\"?\s*$", text, re.MULTILINE)
+        if match:
+            return match[1]
+    return None
+
+
 def check_os_tree(rootfs: Path, what: str) -> None:
     """nspawn refuses trees without /usr and os-release; say so before it does."""
     has_release = any(os.path.lexists(rootfs / p) for p in ("etc/os-release", "usr/lib/os-release"))
@@ -119,27 +134,43 @@ def nspawn_argv(container: Container, interactive: bool) -> list[str]:
 _NOISE = re.compile(rb'^Attempted to remove disk file system under "/run/systemd/nspawn/propagate/')
 
 
-def _copy_stderr(source: IO[bytes]) -> None:
-    target = sys.stderr.buffer
+LineFilter = Callable[[bytes], bool]
+
+
+def _copy_stderr(source: IO[bytes], target: IO[bytes], consume: LineFilter | None) -> None:
     for line in iter(source.readline, b""):
-        if not _NOISE.match(line):
-            target.write(line)
-            target.flush()
+        if _NOISE.match(line) or (consume is not None and consume(line)):
+            continue
+        target.write(line)
+        target.flush()
 
 
-def run(container: Container) -> int:
+def run(
+    container: Container, *, log: IO[bytes] | None = None, consume: LineFilter | None = None
+) -> int:
     """Run the container to completion and return its exit status.
+
+    Output goes to realms' own stdout and stderr, or with ``log`` to that file (stdin is then
+    empty). ``consume`` sees every line of stderr first and keeps those it returns True for out
+    of the output (progress reports).
 
     If realms is told to stop (SIGTERM, SIGHUP), the container is stopped first and then the
     Interrupted error goes on, so that callers never take a stopped run for a finished one. If
     realms is killed outright, nspawn gets SIGTERM from the kernel and stops the container.
     """
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    interactive = log is None and sys.stdin.isatty() and sys.stdout.isatty()
     process = popen(
-        nspawn_argv(container, interactive), stderr=subprocess.PIPE, die_with_parent=True
+        nspawn_argv(container, interactive),
+        stdin=subprocess.DEVNULL if log is not None else None,
+        stdout=log,
+        stderr=subprocess.PIPE,
+        die_with_parent=True,
     )
     assert process.stderr is not None
-    copier = threading.Thread(target=_copy_stderr, args=(process.stderr,), daemon=True)
+    target = log if log is not None else sys.stderr.buffer
+    copier = threading.Thread(
+        target=_copy_stderr, args=(process.stderr, target, consume), daemon=True
+    )
     copier.start()
     # Ctrl-C belongs to what runs in the container (nspawn passes it on); realms waits.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)

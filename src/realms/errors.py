@@ -10,12 +10,16 @@ from __future__ import annotations
 
 
 class RealmsError(Exception):
-    """An error with a one-line message for the user and an optional hint."""
+    """An error with a one-line message for the user, an optional hint, and optional detail
+    lines (the end of a build log, say) shown below them."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, details: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details or []
 
     def __str__(self) -> str:
         return self.message

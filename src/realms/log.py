@@ -115,6 +115,9 @@ class _NoBar:
         pass
 
 
+NO_BAR: ProgressBar = _NoBar()
+
+
 class _RichBar:
     def __init__(self, progress: Progress, task: int) -> None:
         self._progress = progress
@@ -126,7 +129,8 @@ class _RichBar:
 
 @contextmanager
 def progress(title: str, total: int, unit: str = "bytes") -> Iterator[ProgressBar]:
-    """A step whose amount of work is known: a bar on a terminal, step lines elsewhere."""
+    """A step whose amount of work is known: a bar on a terminal, step lines elsewhere.
+    ``unit``: "bytes", "percent" (a total of 100) or anything else counted as items."""
     if _verbosity <= QUIET or not sys.stderr.isatty() or total <= 0:
         with step(title):
             yield _NoBar()
@@ -138,13 +142,18 @@ def progress(title: str, total: int, unit: str = "bytes") -> Iterator[ProgressBa
         DownloadColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
+        TaskProgressColumn,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
     _close_open_step()
-    amount_column = DownloadColumn() if unit == "bytes" else MofNCompleteColumn()
+    amount_column: ProgressColumn = {
+        "bytes": DownloadColumn(),
+        "percent": TaskProgressColumn(),
+    }.get(unit, MofNCompleteColumn())
     started = time.monotonic()
     with Progress(
         TextColumn("[+]: {task.description}"),

@@ -25,7 +25,14 @@ from typing import Any
 
 from realms import config, locks, log, origin
 from realms.appimg.layout import LOCK_WAIT, load_record, version_path
-from realms.container import REALM_HOME, Bind, Container, check_os_tree, user_of_uid
+from realms.container import (
+    REALM_HOME,
+    Bind,
+    Container,
+    check_os_tree,
+    default_locale,
+    user_of_uid,
+)
 from realms.container import run as run_container
 from realms.errors import AlreadyExists, InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
@@ -304,6 +311,7 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
                     hint="run as root with --root, or make the appimg with a user",
                 )
         binds, tmpfs = _binds(store, name, settings)
+        lang = default_locale(rootfs)
         container = Container(
             rootfs=rootfs,
             machine=name,
@@ -313,5 +321,6 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
             tmpfs=tmpfs,
             private_network=not settings["use-network"],
             workdir=REALM_HOME if user else None,
+            environment={"LANG": lang} if lang else {},
         )
         return run_container(container)

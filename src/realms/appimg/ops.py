@@ -159,7 +159,8 @@ def import_appimg(
     if source.compression is not None:
         tarball.check(source.path, source.compression)
 
-    def fill(tree: Path) -> None:
+    def make(tree: Path) -> None:
+        store.backend.create_tree(tree)
         _fill(store, source, tree)
         checkpoint("appimg-import:extracted")
         _check_os_tree(tree, source.path)
@@ -167,7 +168,7 @@ def import_appimg(
     version = add_tree_version(
         store,
         name,
-        fill,
+        make,
         origin="import",
         detail=str(source.path.resolve()),
         mode="add" if new_version else "create",
@@ -178,15 +179,16 @@ def import_appimg(
 def add_tree_version(
     store: Store,
     name: str,
-    fill: Callable[[Path], None],
+    make: Callable[[Path], None],
     *,
     origin: str,
     detail: str,
     mode: str = "either",
+    build_key: str | None = None,
 ) -> Version:
-    """Make a tree with ``fill`` (given an empty writable tree) and commit it as the new current
-    version of appimg ``name``; ``mode`` says whether the appimg must be new ("create"), must
-    exist ("add"), or may be either ("either").
+    """Make a tree with ``make`` (which creates it at the path it is given) and commit it as the
+    new current version of appimg ``name``; ``mode`` says whether the appimg must be new
+    ("create"), must exist ("add"), or may be either ("either").
     """
     with store.appimg_lock(name, wait=LOCK_WAIT):
         store.sweep(store.appimgs_dir, store.appimg_lock, held=name)
@@ -200,33 +202,32 @@ def add_tree_version(
             record = load(directory)
             clean_versions(store, name, record)
             version = Version(record.next_number(), "tree", now(), origin, detail)
-            version.parent = record.current
+            version.parent, version.build_key = record.current, build_key
             with store.staging(
                 directory / version.tree_name(), f"{name} v{version.version}"
             ) as tree:
-                _make_frozen_tree(store, tree, fill, version)
+                _make_frozen_tree(store, tree, make, version)
             checkpoint("appimg-version:renamed")
             record.add(version, Change(now(), origin, version.version, detail))
             write_toml(directory / RECORD_NAME, record.to_toml())
             return version
         if mode == "add":
             raise NotFound(f"no appimg named {name!r} to add a version to")
-        version = Version(1, "tree", now(), origin, detail)
+        version = Version(1, "tree", now(), origin, detail, build_key=build_key)
         record = AppimgRecord(name, 1)
         record.add(version, Change(now(), origin, 1, detail))
         with store.staging(directory, f"appimg {name!r}") as staged:
             staged.mkdir(mode=0o755)
-            _make_frozen_tree(store, staged / version.tree_name(), fill, version)
+            _make_frozen_tree(store, staged / version.tree_name(), make, version)
             write_toml(staged / RECORD_NAME, record.to_toml())
             checkpoint("appimg-import:staged")
         return version
 
 
 def _make_frozen_tree(
-    store: Store, tree: Path, fill: Callable[[Path], None], version: Version
+    store: Store, tree: Path, make: Callable[[Path], None], version: Version
 ) -> None:
-    store.backend.create_tree(tree)
-    fill(tree)
+    make(tree)
     version.size = _tree_size(tree)
     store.backend.freeze(tree)
 

@@ -37,6 +37,8 @@ class Version:
     parent: int | None = None
     written: int | None = None
     files_changed: int | None = None
+    build_key: str | None = None
+    """For built versions: the digest of the build's inputs (see realms.builder.config)."""
 
     def tree_name(self) -> str:
         return f"v{self.version}"

@@ -1,5 +1,5 @@
-"""The host's apt configuration: which Debian mirror it uses, so that images are built from the
-same mirror as the host's own packages (no host name is written into realms)."""
+"""The host's apt configuration: which Debian mirrors it uses, so that images are built from the
+same mirrors as the host's own packages (no host name is written into realms)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from realms.errors import RealmsError
 APT_DIR = Path("/etc/apt")
 
 
-def _deb822_uris(text: str) -> list[str]:
-    """URIs of ``Types: deb`` stanzas that are not security or updates suites."""
-    uris = []
+def _deb822_sources(text: str) -> list[tuple[str, list[str]]]:
+    """(URI, suites) of every ``Types: deb`` stanza."""
+    sources = []
     for stanza in re.split(r"\n\s*\n", text):
         fields: dict[str, str] = {}
         for line in stanza.splitlines():
@@ -21,34 +21,38 @@ def _deb822_uris(text: str) -> list[str]:
                 continue
             key, _, value = line.partition(":")
             fields[key.strip().lower()] = value.strip()
-        if "deb" not in fields.get("types", "").split():
-            continue
-        suites = fields.get("suites", "").split()
-        if suites and all("security" in s or s.endswith("-updates") for s in suites):
-            continue
-        uris += fields.get("uris", "").split()
-    return uris
+        if "deb" in fields.get("types", "").split():
+            suites = fields.get("suites", "").split()
+            sources += [(uri, suites) for uri in fields.get("uris", "").split()]
+    return sources
 
 
-def _one_line_uris(text: str) -> list[str]:
-    uris = []
+def _one_line_sources(text: str) -> list[tuple[str, list[str]]]:
+    sources = []
     for line in text.splitlines():
         words = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
-        main_suite = len(words) >= 3 and not words[2].endswith("-updates")
-        if main_suite and words[0] == "deb" and "security" not in words[2]:
-            uris.append(words[1])
-    return uris
+        if len(words) >= 3 and words[0] == "deb":
+            sources.append((words[1], [words[2]]))
+    return sources
+
+
+def _sources(apt_dir: Path) -> list[tuple[str, list[str]]]:
+    found = []
+    for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
+        found += _deb822_sources(path.read_text(errors="replace"))
+    for path in [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]:
+        if path.is_file():
+            found += _one_line_sources(path.read_text(errors="replace"))
+    return found
+
+
+def _is_security(suites: list[str]) -> bool:
+    return bool(suites) and all("security" in suite for suite in suites)
 
 
 def host_debian_mirror(apt_dir: Path = APT_DIR) -> str:
     """The Debian mirror URI of the host's apt sources (deb822 or one-line format)."""
-    candidates: list[str] = []
-    one_line = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]
-    for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
-        candidates += _deb822_uris(path.read_text(errors="replace"))
-    for path in one_line:
-        if path.is_file():
-            candidates += _one_line_uris(path.read_text(errors="replace"))
+    candidates = [uri for uri, suites in _sources(apt_dir) if not _is_security(suites)]
     debian = [uri for uri in candidates if uri.rstrip("/").endswith("/debian")]
     if debian or candidates:
         return (debian or candidates)[0]
@@ -56,3 +60,11 @@ def host_debian_mirror(apt_dir: Path = APT_DIR) -> str:
         f"found no Debian mirror in the host's apt sources ({apt_dir})",
         hint="name one with the mirror key of the build config",
     )
+
+
+def host_security_mirror(apt_dir: Path = APT_DIR) -> str | None:
+    """The Debian security mirror URI of the host's apt sources, if it has one."""
+    for uri, suites in _sources(apt_dir):
+        if _is_security(suites) or uri.rstrip("/").endswith("/debian-security"):
+            return uri
+    return None

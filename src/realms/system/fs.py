@@ -138,6 +138,23 @@ def _walk(root_fd: int, relative: str) -> int:
             os.close(fd)
 
 
+def unlink_in_root(root: Path, relative: str) -> bool:
+    """Remove a file (not a directory) inside ``root``, resolving the path as
+    :func:`open_in_root` does; return whether there was one."""
+    parent, _, name = relative.strip("/").rpartition("/")
+    try:
+        parent_fd = open_in_root(root, parent)
+    except FileNotFoundError:
+        return False
+    try:
+        os.unlink(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(parent_fd)
+    return True
+
+
 def read_in_root(root: Path, relative: str, limit: int = 1 << 20) -> bytes:
     """Read up to ``limit`` bytes of a file inside ``root`` (see :func:`open_in_root`)."""
     fd = open_in_root(root, relative)

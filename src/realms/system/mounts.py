@@ -80,3 +80,18 @@ def mount_image(image: Path, target: Path, options: str = "") -> None:
 
 def unmount(target: Path) -> None:
     run(["umount", target])
+
+
+def mounted_below(directory: Path) -> list[Path]:
+    """Mount points at or below ``directory``, deepest first."""
+    real = Path(os.path.realpath(directory))
+    found = {m.target for m in mounts() if m.target == real or real in m.target.parents}
+    return sorted(found, key=lambda target: len(target.parts), reverse=True)
+
+
+def unmount_below(directory: Path) -> None:
+    """Unmount everything mounted at or below ``directory`` (a tree realms made and owns, such
+    as a build root a killed bootstrapper left with /proc mounted in it)."""
+    for target in mounted_below(directory):
+        if run(["umount", target], check=False).returncode != 0:
+            run(["umount", "--lazy", target], check=False)

@@ -98,12 +98,13 @@ def popen(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     start_new_session: bool = False,
-    die_with_parent: bool = False,
+    die_with_parent: bool | signal.Signals = False,
 ) -> subprocess.Popen[bytes]:
     """Start a command and return the process; the caller waits for it.
 
-    With ``die_with_parent`` the kernel sends the command SIGTERM if realms dies first (even by
-    SIGKILL), so that no container outlives the command that started it.
+    With ``die_with_parent`` the kernel sends the command SIGTERM (or the signal given) if
+    realms dies first, even by SIGKILL, so that no container outlives the command that started
+    it.
     """
     args = _strings(argv)
     log.debug("+ " + shlex.join(args))
@@ -116,7 +117,7 @@ def popen(
             env=env,
             cwd=cwd,
             start_new_session=start_new_session,
-            preexec_fn=_death_signal() if die_with_parent else None,  # noqa: PLW1509
+            preexec_fn=_death_signal(die_with_parent) if die_with_parent else None,  # noqa: PLW1509
         )
     except FileNotFoundError as error:
         if error.filename == args[0]:
@@ -127,13 +128,14 @@ def popen(
 _PR_SET_PDEATHSIG = 1
 
 
-def _death_signal() -> Callable[[], None]:
-    """A function for the child (between fork and exec) that asks for SIGTERM when realms
+def _death_signal(which: bool | signal.Signals) -> Callable[[], None]:
+    """A function for the child (between fork and exec) that asks for a signal when realms
     dies; libc is looked up here, in the parent, so the child only makes one call."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl
+    number = int(which) if isinstance(which, signal.Signals) else int(signal.SIGTERM)
 
     def ask() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(_PR_SET_PDEATHSIG, number)
 
     return ask
 

@@ -1,0 +1,11 @@
+"""The appimg builder: ``realms appimg build`` makes a Debian-based tree appimg from a
+declarative config.
+
+- :mod:`~realms.builder.config`: the config's keys, checks, template and input digest.
+- :mod:`~realms.builder.bootstrap`: the first root filesystem (mmdebstrap or debootstrap; one
+  file per bootstrapper).
+- :mod:`~realms.builder.modules`: the steps before and after the packages, as scripts.
+- :mod:`~realms.builder.job`: one build's log, its stages, and running things in the image.
+- :mod:`~realms.builder.cache`: downloaded packages and finished builds, kept in the store.
+- :mod:`~realms.builder.build`: the stages in order, the cache, the commit.
+"""

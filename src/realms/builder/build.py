@@ -1,0 +1,288 @@
+"""``realms appimg build``: the stages in order, the cache, and the commit.
+
+1. The config is read and checked, and the digest of the build's inputs computed.
+2. If the appimg's current version was built from the same inputs, there is nothing to do; if a
+   cached result has them, it becomes the new version (a snapshot: seconds, not minutes).
+   ``rebuild`` skips both (the mirror's content is not an input: rebuild to pick up new
+   package versions).
+3. Otherwise the image is built in ``STORE/build/.new.NAME.RANDOM``: bootstrap, the modules
+   before the packages, apt update/upgrade/install, the files, the modules after, and a final
+   cleanup. Only the bootstrapper runs on the host; everything else runs inside the image.
+4. The result is kept in the cache, then committed as the appimg's new current version (or
+   written as a tarball with ``output``), under the appimg's lock for a moment only.
+
+One build of an appimg runs at a time. A build that fails, is interrupted or killed leaves the
+appimg as it was: the build tree is deleted (at once, or by the next build when realms was
+killed), and nothing reaches ``appimg list``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from realms import locks, log
+from realms.appimg.layout import exists as appimg_exists
+from realms.appimg.layout import load_record
+from realms.appimg.ops import add_tree_version
+from realms.appimg.record import Version
+from realms.builder import cache, modules, packages
+from realms.builder.bootstrap import bootstrapper_named
+from realms.builder.config import BuildConfig, Module, inputs_digest, load, with_name
+from realms.builder.job import BuildJob, prune_logs
+from realms.container import Bind
+from realms.errors import Busy, InvalidInput
+from realms.faults import checkpoint
+from realms.store import NEW_PREFIX, Store
+from realms.system import mounts
+from realms.system.fs import rename_noreplace, token, unlink_in_root
+from realms.system.run import run
+
+_TAR_OPTIONS = {".tar": [], ".tar.gz": ["--gzip"], ".tar.xz": ["--xz"], ".tar.zst": ["--zstd"]}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    name: str
+    outcome: str
+    """"built", "cached" (a cached result became the version) or "up to date"."""
+    version: Version | None
+    output: Path | None
+    log_path: Path | None
+    key: str
+    seconds: float
+
+
+def _build_dir(store: Store) -> Path:
+    path = store.root / "build"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _build_lock(store: Store, name: str, wait: float | None = 0) -> AbstractContextManager[None]:
+    return locks.hold(
+        store.locks_dir / f"build.{name}.lock",
+        what=f"build of appimg {name}",
+        wait=wait,
+        busy=f"appimg {name!r} is being built",
+        hint="wait for that build to finish (one build at a time per appimg)",
+    )
+
+
+def _remove_build_tree(store: Store, work: Path) -> None:
+    if not work.exists():
+        return
+    # Bootstrappers mount in a namespace of their own, so nothing should be mounted here;
+    # should a tool have mounted in the host's namespace after all, undo it before deleting.
+    mounts.unmount_below(work)
+    store.backend.remove(work)
+
+
+def _sweep(store: Store, name: str) -> None:
+    """Delete build trees of killed builds (their build lock is free; ours is held)."""
+    for entry in sorted(_build_dir(store).glob(f"{NEW_PREFIX}*")):
+        owner = entry.name.split(".")[2]
+        if owner == name:
+            _remove_build_tree(store, entry)
+            continue
+        try:
+            with _build_lock(store, owner):
+                _remove_build_tree(store, entry)
+        except Busy:
+            continue
+
+
+def _tar_options(output: Path) -> list[str]:
+    for suffix, options in _TAR_OPTIONS.items():
+        if output.name.endswith(suffix) and not (suffix == ".tar" and output.suffix != ".tar"):
+            return options
+    raise InvalidInput(f"{output}: the output must be a .tar, .tar.gz, .tar.xz or .tar.zst file")
+
+
+def _export(tree: Path, output: Path) -> None:
+    options = _tar_options(output)
+    partial = output.with_name(f".{output.name}.{token()}.part")
+    with log.step(f"Writing {output}"):
+        try:
+            run(
+                [
+                    "tar",
+                    "--create",
+                    f"--file={partial}",
+                    f"--directory={tree}",
+                    "--numeric-owner",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                    "--acls",
+                    *options,
+                    ".",
+                ]
+            )
+            os.replace(partial, output)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+
+def build(
+    store: Store,
+    config_path: Path | None,
+    *,
+    name: str | None = None,
+    output: Path | None = None,
+    rebuild: bool = False,
+) -> BuildResult:
+    """Build appimg ``name`` (default: the config's) from ``config_path`` (None: the default
+    appimg base) as its new current version, or as the tarball ``output``."""
+    started = time.monotonic()
+    config = load(config_path)
+    if name:
+        config = with_name(config, name)
+    if output is not None:
+        _tar_options(output)
+        output = output.resolve()
+    key = inputs_digest(config)
+    detail = config.origin if config_path is None else str(config_path.resolve())
+
+    def result(outcome: str, version: Version | None, log_path: Path | None) -> BuildResult:
+        return BuildResult(
+            config.name, outcome, version, output, log_path, key, time.monotonic() - started
+        )
+
+    with _build_lock(store, config.name):
+        _sweep(store, config.name)
+        if not rebuild:
+            if output is None and appimg_exists(store, config.name):
+                current = load_record(store, config.name).current_version
+                if current.build_key == key:
+                    return result("up to date", current, None)
+            cached = cache.lookup(store, key)
+            if cached is not None:
+                log.note(f"Reusing the cached build of these inputs ({key[:12]})")
+                if output is not None:
+                    _export(cached, output)
+                    return result("cached", None, None)
+                version = add_tree_version(
+                    store,
+                    config.name,
+                    lambda tree: store.backend.clone(cached, tree),
+                    origin="build",
+                    detail=f"{detail} (cached)",
+                    build_key=key,
+                )
+                return result("cached", version, None)
+        return _build_new(store, config, key=key, detail=detail, output=output, result=result)
+
+
+def _build_new(
+    store: Store,
+    config: BuildConfig,
+    *,
+    key: str,
+    detail: str,
+    output: Path | None,
+    result: Callable[[str, Version | None, Path | None], BuildResult],
+) -> BuildResult:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    logs = store.root / "logs"
+    # One directory per build, holding the new root filesystem and the scripts run in it.
+    work = _build_dir(store) / f"{NEW_PREFIX}{config.name}.{token()}"
+    tree = work / "root"
+    scratch = work / "scratch"
+    job = BuildJob(
+        config=config,
+        tree=tree,
+        log_path=logs / f"build-{config.name}-{stamp}.log",
+        package_cache=cache.packages_dir(store, config.release),
+        scratch=scratch,
+    )
+    job.open()
+    prune_logs(logs, config.name)
+    log.note(f"Building appimg {config.name} ({config.release}); log: {job.log_path}")
+    try:
+        work.mkdir()
+        scratch.mkdir()
+        store.backend.create_tree(tree)
+        _run_stages(job)
+        checkpoint("build:built")
+        cache.keep(store, key, tree)
+        cache.prune_packages(job.package_cache, tree)
+        if output is not None:
+            _export(tree, output)
+            return result("built", None, job.log_path)
+        with log.step(f"Committing as a new version of appimg {config.name}"):
+            version = add_tree_version(
+                store,
+                config.name,
+                lambda target: rename_noreplace(tree, target),
+                origin="build",
+                detail=detail,
+                build_key=key,
+            )
+        return result("built", version, job.log_path)
+    finally:
+        job.close()
+        _remove_build_tree(store, work)
+
+
+def _run_stages(job: BuildJob) -> None:
+    config = job.config
+    bootstrapper = bootstrapper_named(config.bootstrapper)
+    include = ["locales"] if any(m.name == "configure-locale" for m in config.before) else []
+    with job.stage(
+        "bootstrap",
+        f"Bootstrapping Debian {config.release} ({config.bootstrapper}, {config.variant})",
+    ):
+        bootstrapper.bootstrap(job, include)
+    _run_modules(job, config.before, "before")
+    with job.stage("packages", "Updating package lists and upgrading"):
+        packages.update_and_upgrade(job)
+    with job.stage("packages", f"Installing {len(config.packages)} packages", show=False):
+        packages.install(job, config.packages)
+    if config.files:
+        with job.stage("files", f"Installing {len(config.files)} files"):
+            _install_files(job, config)
+    _run_modules(job, config.after, "after")
+    with job.stage("finish", "Cleaning up the image"):
+        job.run_script("finish", modules.finish_script())
+        # The bootstrapper copied the host's name server configuration; an appimg has none of
+        # its own (nspawn provides one when a realm runs). Removed from outside: inside the
+        # container the host's file is bound over it.
+        unlink_in_root(job.tree, "etc/resolv.conf")
+
+
+def _run_modules(job: BuildJob, stage_modules: list[Module], when: str) -> None:
+    config = job.config
+    env = {
+        "REALMS_APPIMG": config.name,
+        "REALMS_RELEASE": config.release,
+        "REALMS_USER": str(config.user["name"]),
+        "REALMS_UID": str(config.user["uid"]),
+    }
+    for module in stage_modules:
+        kind = "module" if module.script is None else "script"
+        with job.stage(f"{kind} {module.name}", f"Running {kind} {module.name} ({when} packages)"):
+            if module.script is None:
+                job.run_script(module.name, modules.builtin_script(module.name, config))
+            else:
+                job.run_script(module.name, module.script.read_text(), env=env)
+
+
+def _install_files(job: BuildJob, config: BuildConfig) -> None:
+    binds = []
+    commands = ["set -eu"]
+    for index, spec in enumerate(config.files):
+        inside = f"/run/realms-files/{index}"
+        binds.append(Bind(spec.source, inside, readonly=True))
+        user, _, group = spec.owner.partition(":")
+        owner = ["-o", user] + (["-g", group] if group else [])
+        argv = ["install", "-D", "-m", f"{spec.mode:o}", *owner, inside, spec.path]
+        commands.append(shlex.join(argv))
+    path = job.scratch / "files.sh"
+    path.write_text("\n".join(commands) + "\n")
+    job.run_in_image(["/bin/sh", "/run/realms-build/files.sh"], binds=binds, what="install")

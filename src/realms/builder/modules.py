@@ -1,0 +1,123 @@
+"""Build modules: the steps that shape an image before and after its packages are installed.
+
+A module is a shell script that runs as root *inside* the image being built (in a
+systemd-nspawn container, see :mod:`realms.builder.stages`), never on the host. Built-in modules
+are written here from the config's values; a user's module is their own script file. The same
+config always gives the same scripts, which is what lets the build cache trust its key.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from realms.builder.config import BuildConfig
+
+_FINISH = """\
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+"""
+
+
+def _no_install_recommends(config: BuildConfig) -> str:
+    return """\
+cat > /etc/apt/apt.conf.d/00realms-no-recommends <<'EOF'
+APT::Install-Recommends "false";
+APT::Install-Suggests "false";
+EOF
+"""
+
+
+def _write_apt_sources(config: BuildConfig, security: str | None) -> str:
+    suites = [config.release]
+    stable = config.release not in ("sid", "unstable", "experimental")
+    if stable:
+        suites.append(f"{config.release}-updates")
+    stanzas = [(config.mirror, " ".join(suites))]
+    if stable and security:
+        stanzas.append((security, f"{config.release}-security"))
+    text = ""
+    for uri, suite_list in stanzas:
+        text += (
+            f"Types: deb\nURIs: {uri}\nSuites: {suite_list}\n"
+            f"Components: {' '.join(config.components)}\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        )
+    return f"""\
+rm -f /etc/apt/sources.list
+mkdir -p /etc/apt/sources.list.d
+cat > /etc/apt/sources.list.d/debian.sources <<'EOF'
+{text.rstrip()}
+EOF
+"""
+
+
+def _configure_locale(config: BuildConfig) -> str:
+    locale = config.locale
+    charset = locale.split(".", 1)[1] if "." in locale else "ISO-8859-1"
+    line = shlex.quote(f"{locale} {charset}")
+    return f"""\
+if ! command -v locale-gen >/dev/null; then
+    echo "configure-locale needs the package locales" >&2
+    exit 1
+fi
+echo {line} > /etc/locale.gen
+locale-gen
+echo {shlex.quote(f"LANG={locale}")} > /etc/default/locale
+"""
+
+
+def _create_user(config: BuildConfig) -> str:
+    user = config.user
+    groups = ",".join(user["groups"])
+    options = [
+        "--create-home",
+        f"--uid={user['uid']}",
+        "--user-group",
+        f"--shell={user['shell']}",
+        *([f"--groups={groups}"] if groups else []),
+        user["name"],
+    ]
+    return f"useradd {shlex.join(options)}\n"
+
+
+def _set_hostname(config: BuildConfig) -> str:
+    host = shlex.quote(config.hostname)
+    return f"""\
+echo {host} > /etc/hostname
+cat > /etc/hosts <<EOF
+127.0.0.1	localhost
+127.0.1.1	{config.hostname}
+::1	localhost ip6-localhost ip6-loopback
+EOF
+"""
+
+
+def _sudo_nopasswd(config: BuildConfig) -> str:
+    name = config.user["name"]
+    rule = shlex.quote(f"{name} ALL=(ALL:ALL) NOPASSWD: ALL")
+    path = shlex.quote(f"/etc/sudoers.d/90-realms-{name}")
+    return f"""\
+[ -d /etc/sudoers.d ] || {{ echo "sudo-nopasswd needs the package sudo" >&2; exit 1; }}
+echo {rule} > {path}
+chmod 0440 {path}
+"""
+
+
+def builtin_script(name: str, config: BuildConfig) -> str:
+    """The script of built-in module ``name`` for ``config``."""
+    writers = {
+        "no-install-recommends": _no_install_recommends,
+        "configure-locale": _configure_locale,
+        "create-user": _create_user,
+        "set-hostname": _set_hostname,
+        "sudo-nopasswd": _sudo_nopasswd,
+    }
+    if name == "write-apt-sources":
+        body = _write_apt_sources(config, config.security_mirror)
+    else:
+        body = writers[name](config)
+    return "set -eu\n" + body
+
+
+def finish_script() -> str:
+    return "set -eu\n" + _FINISH
