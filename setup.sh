@@ -12,7 +12,9 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
 PACKAGES=(btrfs-progs systemd-container mmdebstrap debootstrap busybox-static zstd xz-utils
-          tar util-linux python3-venv)
+          tar util-linux e2fsprogs erofs-utils cryptsetup-bin python3-venv)
+# The tests boot Debian's kernel in QEMU to check sealed images against the real dm-verity.
+[ "${EXTRAS:-}" = test ] && PACKAGES+=(qemu-system-x86 kmod)
 REPO=$PWD
 STAMP=.venv/.installed
 realms() { "$REPO/.venv/bin/realms" "$@"; }
