@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from realms import pool
+from realms.appimg import images
 from realms.appimg.ops import (
     AppimgInfo,
     import_appimg,
@@ -33,6 +34,7 @@ from realms.builder.build import BuildResult, build
 from realms.builder.config import template as build_template
 from realms.container import systemd_is_pid1
 from realms.errors import AlreadyExists
+from realms.image import keys
 from realms.realm import (
     RealmInfo,
     default_realm,
@@ -60,8 +62,10 @@ __all__ = [
     "appimg_versions",
     "build_appimg",
     "default_realm",
+    "export_appimg",
     "import_appimg",
     "init",
+    "keyring",
     "list_appimgs",
     "list_realms",
     "locate",
@@ -73,11 +77,13 @@ __all__ = [
     "remove_realm",
     "rollback_appimg",
     "run_in_realm",
+    "seal_appimg",
     "set_default_realm",
     "show_appimg",
     "show_realm",
     "status",
     "update_appimg",
+    "verify_appimg",
     "write_build_template",
 ]
 
@@ -119,6 +125,31 @@ def write_build_template(path: Path) -> None:
             handle.write(build_template())
     except FileExistsError:
         raise AlreadyExists(f"{path} exists already", hint="name another file") from None
+
+
+def seal_appimg(
+    store: Store,
+    name: str,
+    *,
+    channel: str | None = None,
+    fs: str = "ext4",
+    verity: bool = True,
+) -> Version:
+    """Make a sealed (or block) version from the appimg's current tree version."""
+    return images.seal(store, name, channel=channel, fs=fs, verity=verity)
+
+
+def verify_appimg(store: Store, name: str, version: int | None = None) -> images.Verification:
+    return images.verify(store, name, version)
+
+
+def export_appimg(store: Store, name: str, target: Path, version: int | None = None) -> Version:
+    return images.export(store, name, target, version)
+
+
+def keyring(store: Store) -> keys.Keyring:
+    """The store's signing keys and trusted keys (generate, trust, revoke, list)."""
+    return keys.Keyring(store)
 
 
 def open_store(path: str | Path | None = None) -> Store:

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from realms import __version__, api, log
 from realms.errors import Interrupted, RealmsError
+from realms.image import keys
 from realms.store import Store
 from realms.units import format_size, parse_size
 
@@ -254,6 +255,99 @@ def cmd_appimg_build(args: argparse.Namespace) -> int:
         assert result.version is not None
         source = " from the build cache" if result.outcome == "cached" else ""
         log.note(f"Built appimg {result.name} version {result.version.version}{source} in {took}")
+    return 0
+
+
+def cmd_appimg_seal(args: argparse.Namespace) -> int:
+    version = api.seal_appimg(
+        _store(args), args.name, channel=args.channel, fs=args.fs, verity=not args.no_verity
+    )
+    log.note(
+        f"Appimg {args.name} version {version.version} is {version.detail} "
+        f"({format_size(version.size or 0)})"
+    )
+    return 0
+
+
+def cmd_appimg_verify(args: argparse.Namespace) -> int:
+    result = api.verify_appimg(_store(args), args.name, args.version)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(f"appimg {result.appimg} version {result.version} ({result.kind}):")
+        for check in result.checks:
+            print(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name:<10}  {check.detail}")
+    if not result.ok:
+        failed = next(check for check in result.checks if not check.ok)
+        raise RealmsError(
+            f"appimg {result.appimg} version {result.version} failed verification: "
+            f"{failed.name}: {failed.detail}"
+        )
+    return 0
+
+
+def cmd_appimg_export(args: argparse.Namespace) -> int:
+    version = api.export_appimg(_store(args), args.name, Path(args.file), args.version)
+    log.note(f"Wrote {args.file}: appimg {args.name} version {version.version} ({version.kind})")
+    return 0
+
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    public = api.keyring(_store(args)).generate(args.channel, replace=args.replace)
+    log.note(f"New signing key for channel {args.channel}; its public key is trusted:")
+    print(public)
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    found = api.keyring(_store(args)).keys()
+    if args.json:
+        _print_json([key.to_json() for key in found])
+        return 0
+    if not found:
+        log.note("No keys yet: 'realms key generate CHANNEL' makes one")
+        return 0
+    rows = [
+        [
+            key.channel or "-",
+            key.public,
+            "revoked" if key.revoked else "trusted",
+            "yes" if key.signing else "no",
+            key.added,
+        ]
+        for key in found
+    ]
+    _print_table(["CHANNEL", "PUBLIC KEY", "STATE", "SIGNS", "ADDED"], rows)
+    return 0
+
+
+def cmd_key_export(args: argparse.Namespace) -> int:
+    ring = api.keyring(_store(args))
+    public = ring.signing_public(keys.check_channel(args.channel))
+    if public is None:
+        trusted = ring.trusted(args.channel)
+        if len(trusted) != 1:
+            raise RealmsError(
+                f"no signing key for channel {args.channel!r} in this store",
+                hint="'realms key list' shows the trusted keys",
+            )
+        public = trusted[0]
+    print(public)
+    return 0
+
+
+def cmd_key_trust(args: argparse.Namespace) -> int:
+    public = keys.parse_public_key(args.pubkey)
+    added = api.keyring(_store(args)).trust(args.channel, public)
+    log.note(f"{'Trusted' if added else 'Already trusted:'} {public} for channel {args.channel}")
+    return 0
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    public = keys.parse_public_key(args.pubkey)
+    channels = api.keyring(_store(args)).revoke(public)
+    where = f" (it was trusted for {', '.join(channels)})" if channels else ""
+    log.note(f"Revoked {public}{where}: images it signed fail verification from now on")
     return 0
 
 
@@ -539,6 +633,44 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build even when the inputs did not change (to get the mirror's newest packages)",
     )
+    seal = command(
+        appimg_commands,
+        "seal",
+        cmd_appimg_seal,
+        "make a sealed version (dm-verity, signed) from the current tree version",
+        "Make a new version from the appimg's current tree version: a filesystem image (ext4, "
+        "or erofs: smaller, compressed) in Citadel's RealmFS layout, with a dm-verity hash tree "
+        "over it (fresh random salt) and its metainfo signed with the channel's key, and make "
+        "it current. --no-verity makes a plain, unsigned block version instead.",
+    )
+    seal.add_argument("name")
+    seal.add_argument("--channel", help="the signing key's channel (default: realmfs-user)")
+    seal.add_argument("--fs", choices=["ext4", "erofs"], default="ext4", help="default: ext4")
+    seal.add_argument(
+        "--no-verity", action="store_true", help="a block version: no hash tree, no signature"
+    )
+    verify = command(
+        appimg_commands,
+        "verify",
+        cmd_appimg_verify,
+        "check a version: header, signature against trusted keys, every data and hash block",
+        "Check a version (default: the current one). For an image: the header byte for byte, "
+        "the size, the signature against the trusted and unrevoked keys of its channel, the "
+        "filesystem, and every data and hash block (the first bad one is named). Exits 1 when "
+        "a check fails.",
+    )
+    verify.add_argument("name")
+    verify.add_argument("--version", type=int, help="default: the current version")
+    _json_flag(verify)
+    export = command(
+        appimg_commands,
+        "export",
+        cmd_appimg_export,
+        "write a version to a file: an image version as its image, a tree as a tarball",
+    )
+    export.add_argument("name")
+    export.add_argument("file", help="for a tree version: .tar, .tar.gz, .tar.xz or .tar.zst")
+    export.add_argument("--version", type=int, help="default: the current version")
     appimg_versions = command(
         appimg_commands,
         "versions",
@@ -584,6 +716,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     appimg_remove.add_argument("name")
 
+    key = commands.add_parser(
+        "key",
+        help="manage signing keys and trusted keys",
+        parents=[common],
+        description="Ed25519 keys that sign sealed images, per channel; several trusted keys "
+        "per channel, and revocation.",
+    )
+    key_commands = key.add_subparsers(dest="key_command", metavar="COMMAND", required=True)
+    generate = command(
+        key_commands,
+        "generate",
+        cmd_key_generate,
+        "make the channel's signing key (kept mode 0600 in the store) and trust it",
+    )
+    generate.add_argument("channel")
+    generate.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the channel's signing key; the old public key stays trusted until revoked",
+    )
+    key_list = command(key_commands, "list", cmd_key_list, "list trusted and revoked keys")
+    _json_flag(key_list)
+    key_export = command(
+        key_commands, "export", cmd_key_export, "print the channel's public key in hex"
+    )
+    key_export.add_argument("channel")
+    trust = command(
+        key_commands, "trust", cmd_key_trust, "trust a public key for a channel (several may be)"
+    )
+    trust.add_argument("channel")
+    trust.add_argument("pubkey", help="64 hex characters, or a file holding them")
+    revoke = command(
+        key_commands,
+        "revoke",
+        cmd_key_revoke,
+        "revoke a public key: every image it signed fails verification",
+    )
+    revoke.add_argument("pubkey", help="64 hex characters, or a file holding them")
     update = command(
         commands,
         "update-appimg",

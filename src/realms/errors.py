@@ -57,6 +57,10 @@ class CommandFailed(RealmsError):
         super().__init__(f"{command_name(argv)} failed (exit status {returncode}){detail}")
 
 
+class StoreFull(RealmsError):
+    """The store's filesystem ran out of space."""
+
+
 class Interrupted(RealmsError):
     """The command was interrupted by a signal (Ctrl-C, SIGTERM, SIGHUP)."""
 

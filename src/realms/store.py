@@ -25,6 +25,7 @@ How changes stay safe:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -37,7 +38,7 @@ from typing import Any
 import tomli_w
 
 from realms import config, locks, log, pool
-from realms.errors import AlreadyExists, Busy, InvalidInput, RealmsError
+from realms.errors import AlreadyExists, Busy, InvalidInput, RealmsError, StoreFull
 from realms.faults import checkpoint
 from realms.storage import Backend, backend_named
 from realms.system import mounts
@@ -159,15 +160,17 @@ class Store:
             except FileExistsError:
                 raise AlreadyExists(f"{what} already exists") from None
             except OSError as error:
-                if error.errno in (17, 39):  # EEXIST, ENOTEMPTY
+                if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     raise AlreadyExists(f"{what} already exists") from None
                 raise
-        except BaseException:
+        except BaseException as error:
             self._remove_quietly(temporary)
-            try:
-                self.backend.reclaim_space(self.root)
-            except (OSError, RealmsError) as error:
-                log.debug(f"waiting for the space of {temporary} failed: {error}")
+            if _out_of_space(error):
+                # So that the next command does not fail for want of the space just freed.
+                try:
+                    self.backend.reclaim_space(self.root)
+                except (OSError, RealmsError) as failure:
+                    log.debug(f"waiting for the space of {temporary} failed: {failure}")
             raise
         fsync_dir(target.parent)
 
@@ -234,6 +237,12 @@ class Store:
                     if entry.startswith((NEW_PREFIX, DELETED_PREFIX, WORKING_PREFIX))
                 ]
         return found
+
+
+def _out_of_space(error: BaseException) -> bool:
+    return isinstance(error, StoreFull) or (
+        isinstance(error, OSError) and error.errno == errno.ENOSPC
+    )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Where an appimg lives in the store, how to load its record, and how its leftovers go.
 
-``appimg/NAME/`` holds ``appimg.toml`` and one tree per version (``vN``). Beside them, while a
-command works, are temporary names: ``.new.vN.RANDOM`` (a version being made) and
-``.update.RANDOM`` (the working snapshot of an update session). Whatever the record does not
+``appimg/NAME/`` holds ``appimg.toml`` and one tree (``vN``) or image file (``vN.img``) per
+version. Beside them, while a command works, are temporary names: ``.new.vN.RANDOM`` (a version
+being made) and ``.update.RANDOM`` (the working copy of an update session, or the work directory
+of a seal: both are made under the appimg's update lock). Whatever the record does not
 name is a leftover of a killed command; :func:`clean_versions` deletes it under the appimg's lock,
 but a working snapshot only while no update session holds the appimg's update lock.
 """
@@ -81,7 +82,7 @@ def clean_versions(
             except Busy:
                 continue  # a live update session's working snapshot
         elif entry.startswith((NEW_PREFIX, DELETED_PREFIX, WORKING_PREFIX)) or re.fullmatch(
-            r"v\d+", entry
+            r"v\d+(\.img)?", entry
         ):
             store.backend.remove(path)
         else:

@@ -103,7 +103,8 @@ def show_appimg(store: Store, name: str) -> AppimgInfo:
 @dataclass(frozen=True)
 class _Source:
     path: Path
-    compression: tarball.Compression | None  # None: a directory
+    compression: tarball.Compression | None  # None: a directory or an image file
+    image: bool = False
 
 
 def _classify(source: Path) -> _Source:
@@ -119,10 +120,7 @@ def _classify(source: Path) -> _Source:
         return _Source(source, compression)
     with open(source, "rb") as handle:
         if handle.read(4) == SGOS_MAGIC:
-            raise RealmsError(
-                f"{source} is a block or sealed image; importing those is not supported yet",
-                hint="import a directory or a root filesystem tarball",
-            )
+            return _Source(source, None, image=True)
     raise InvalidInput(
         f"{source} is neither a directory, a tarball (.tar, .tar.gz, .tar.xz, .tar.zst, "
         ".tar.bz2) nor an image file"
@@ -151,11 +149,16 @@ def _check_os_tree(tree: Path, source: Path) -> None:
 def import_appimg(
     store: Store, name: str, source_path: Path, *, new_version: bool = False
 ) -> tuple[AppimgInfo, Version]:
-    """Import a directory or a root filesystem tarball as appimg ``name`` (version 1), or with
-    ``new_version`` as the next version of the existing appimg ``name``.
+    """Import a directory, a root filesystem tarball or a block/sealed image file as appimg
+    ``name`` (version 1), or with ``new_version`` as the next version of appimg ``name``.
     """
     check_appimg_name(name)
     source = _classify(source_path)
+    if source.image:
+        from realms.appimg.images import import_image  # it builds on this module
+
+        version = import_image(store, name, source.path, new_version=new_version)
+        return show_appimg(store, name), version
     if source.compression is not None:
         tarball.check(source.path, source.compression)
 
@@ -165,7 +168,7 @@ def import_appimg(
         checkpoint("appimg-import:extracted")
         _check_os_tree(tree, source.path)
 
-    version = add_tree_version(
+    version = add_version(
         store,
         name,
         make,
@@ -176,7 +179,7 @@ def import_appimg(
     return show_appimg(store, name), version
 
 
-def add_tree_version(
+def add_version(
     store: Store,
     name: str,
     make: Callable[[Path], None],
@@ -184,11 +187,13 @@ def add_tree_version(
     origin: str,
     detail: str,
     mode: str = "either",
+    kind: str = "tree",
     build_key: str | None = None,
 ) -> Version:
-    """Make a tree with ``make`` (which creates it at the path it is given) and commit it as the
-    new current version of appimg ``name``; ``mode`` says whether the appimg must be new
-    ("create"), must exist ("add"), or may be either ("either").
+    """Make a version with ``make`` (which creates the tree, or the image file of a block or
+    sealed ``kind``, at the path it is given) and commit it as the new current version of
+    appimg ``name``; ``mode`` says whether the appimg must be new ("create"), must exist
+    ("add"), or may be either ("either").
     """
     with store.appimg_lock(name, wait=LOCK_WAIT):
         store.sweep(store.appimgs_dir, store.appimg_lock, held=name)
@@ -201,7 +206,7 @@ def add_tree_version(
                 )
             record = load(directory)
             clean_versions(store, name, record)
-            version = Version(record.next_number(), "tree", now(), origin, detail)
+            version = Version(record.next_number(), kind, now(), origin, detail)
             version.parent, version.build_key = record.current, build_key
             with store.staging(
                 directory / version.tree_name(), f"{name} v{version.version}"
@@ -213,7 +218,7 @@ def add_tree_version(
             return version
         if mode == "add":
             raise NotFound(f"no appimg named {name!r} to add a version to")
-        version = Version(1, "tree", now(), origin, detail, build_key=build_key)
+        version = Version(1, kind, now(), origin, detail, build_key=build_key)
         record = AppimgRecord(name, 1)
         record.add(version, Change(now(), origin, 1, detail))
         with store.staging(directory, f"appimg {name!r}") as staged:
@@ -225,11 +230,15 @@ def add_tree_version(
 
 
 def _make_frozen_tree(
-    store: Store, tree: Path, make: Callable[[Path], None], version: Version
+    store: Store, path: Path, make: Callable[[Path], None], version: Version
 ) -> None:
-    make(tree)
-    version.size = _tree_size(tree)
-    store.backend.freeze(tree)
+    make(path)
+    if version.kind == "tree":
+        version.size = _tree_size(path)
+        store.backend.freeze(path)
+    else:
+        version.size = path.stat().st_size
+        path.chmod(0o444)
 
 
 def remove_appimg(store: Store, name: str) -> list[str]:

@@ -1,11 +1,12 @@
 """An appimg's record: ``appimg/NAME/appimg.toml``, rewritten atomically on every change.
 
 An appimg has numbered versions; one is current, and new realms are made from it. A version of
-kind ``tree`` is the frozen tree ``appimg/NAME/vN``. Each version says how it was made
-(``origin``: import, build or update), from what (``detail``: the source, the command that ran),
-from which version (``parent``), and what that changed where it is known (``written`` bytes in
-``files_changed`` files, for updates on btrfs). Versions are never renumbered; a new version
-always gets a number higher than every version there ever was.
+kind ``tree`` is the frozen tree ``appimg/NAME/vN``; one of kind ``block`` or ``sealed`` is the
+image file ``appimg/NAME/vN.img`` (see :mod:`realms.image.realmfs`). Each version says how it
+was made (``origin``: import, build, update or seal), from what (``detail``: the source, the
+command that ran), from which version (``parent``), and what that changed where it is known
+(``written`` bytes in ``files_changed`` files, for updates on btrfs). Versions are never
+renumbered; a new version always gets a number higher than every version there ever was.
 
 The ``history`` lists every change of the current version (import, build, update, rollback),
 so that a rollback is itself a recorded change.
@@ -41,7 +42,9 @@ class Version:
     """For built versions: the digest of the build's inputs (see realms.builder.config)."""
 
     def tree_name(self) -> str:
-        return f"v{self.version}"
+        """The name of the version in the appimg's directory: ``vN`` for a tree, ``vN.img`` for
+        a block or sealed image file."""
+        return f"v{self.version}" if self.kind == "tree" else f"v{self.version}.img"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

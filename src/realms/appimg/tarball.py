@@ -11,7 +11,8 @@ Importing is two passes over the archive:
    ownership, modes (setuid included), extended attributes (file capabilities), ACLs, hard links,
    symbolic links and device nodes, exactly as they are in the archive.
 
-Both passes show progress over the archive's bytes.
+Both passes show progress over the archive's bytes. :func:`write_tarball` goes the other way:
+a tree to a tarball, with the same attributes kept.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import gzip
 import io
 import lzma
+import os
 import subprocess
 import tarfile
 import threading
@@ -32,8 +34,9 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from realms import log
-from realms.errors import CommandFailed, InvalidInput, RealmsError
-from realms.system.run import check_exit, popen
+from realms.errors import CommandFailed, InvalidInput, RealmsError, StoreFull
+from realms.system.fs import token
+from realms.system.run import check_exit, popen, run
 
 _CHUNK = 1 << 20
 
@@ -274,7 +277,7 @@ def extract(path: Path, compression: Compression, target: Path) -> None:
             reader.join()
     stderr = b"".join(errors)
     if returncode != 0 and b"No space left on device" in stderr:
-        raise RealmsError(
+        raise StoreFull(
             f"the store is full: extracting {path.name} ran out of space; nothing was imported",
             hint="free space (realms remove, realms appimg prune) or make the pool larger",
         )
@@ -282,3 +285,40 @@ def extract(path: Path, compression: Compression, target: Path) -> None:
         check_exit(argv, returncode, stderr)
     except CommandFailed as error:
         raise RealmsError(f"extracting {path.name} failed: {error}; nothing was imported") from None
+
+
+_CREATE_OPTIONS = {".tar": [], ".tar.gz": ["--gzip"], ".tar.xz": ["--xz"], ".tar.zst": ["--zstd"]}
+
+
+def create_options(output: Path) -> list[str]:
+    """The compression option of GNU tar for a tarball named ``output``."""
+    for suffix, options in _CREATE_OPTIONS.items():
+        if output.name.endswith(suffix) and not (suffix == ".tar" and output.suffix != ".tar"):
+            return options
+    raise InvalidInput(f"{output}: a tarball is named .tar, .tar.gz, .tar.xz or .tar.zst")
+
+
+def write_tarball(tree: Path, output: Path) -> None:
+    """Write ``tree`` as the tarball ``output`` (through a temporary name), keeping numeric
+    ownership, modes, xattrs and ACLs."""
+    options = create_options(output)
+    partial = output.with_name(f".{output.name}.{token()}.part")
+    with log.step(f"Writing {output}"):
+        try:
+            run(
+                [
+                    "tar",
+                    "--create",
+                    f"--file={partial}",
+                    f"--directory={tree}",
+                    "--numeric-owner",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                    "--acls",
+                    *options,
+                    ".",
+                ]
+            )
+            os.replace(partial, output)
+        finally:
+            partial.unlink(missing_ok=True)

@@ -18,7 +18,6 @@ killed), and nothing reaches ``appimg list``.
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from collections.abc import Callable
@@ -29,21 +28,19 @@ from pathlib import Path
 from realms import locks, log
 from realms.appimg.layout import exists as appimg_exists
 from realms.appimg.layout import load_record
-from realms.appimg.ops import add_tree_version
+from realms.appimg.ops import add_version
 from realms.appimg.record import Version
+from realms.appimg.tarball import create_options, write_tarball
 from realms.builder import cache, modules, packages
 from realms.builder.bootstrap import bootstrapper_named
 from realms.builder.config import BuildConfig, Module, inputs_digest, load, with_name
 from realms.builder.job import BuildJob, prune_logs
 from realms.container import Bind
-from realms.errors import Busy, InvalidInput
+from realms.errors import Busy
 from realms.faults import checkpoint
 from realms.store import NEW_PREFIX, Store
 from realms.system import mounts
 from realms.system.fs import rename_noreplace, token, unlink_in_root
-from realms.system.run import run
-
-_TAR_OPTIONS = {".tar": [], ".tar.gz": ["--gzip"], ".tar.xz": ["--xz"], ".tar.zst": ["--zstd"]}
 
 
 @dataclass(frozen=True)
@@ -97,38 +94,6 @@ def _sweep(store: Store, name: str) -> None:
             continue
 
 
-def _tar_options(output: Path) -> list[str]:
-    for suffix, options in _TAR_OPTIONS.items():
-        if output.name.endswith(suffix) and not (suffix == ".tar" and output.suffix != ".tar"):
-            return options
-    raise InvalidInput(f"{output}: the output must be a .tar, .tar.gz, .tar.xz or .tar.zst file")
-
-
-def _export(tree: Path, output: Path) -> None:
-    options = _tar_options(output)
-    partial = output.with_name(f".{output.name}.{token()}.part")
-    with log.step(f"Writing {output}"):
-        try:
-            run(
-                [
-                    "tar",
-                    "--create",
-                    f"--file={partial}",
-                    f"--directory={tree}",
-                    "--numeric-owner",
-                    "--xattrs",
-                    "--xattrs-include=*",
-                    "--acls",
-                    *options,
-                    ".",
-                ]
-            )
-            os.replace(partial, output)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-
-
 def build(
     store: Store,
     config_path: Path | None,
@@ -144,7 +109,7 @@ def build(
     if name:
         config = with_name(config, name)
     if output is not None:
-        _tar_options(output)
+        create_options(output)
         output = output.resolve()
     key = inputs_digest(config)
     detail = config.origin if config_path is None else str(config_path.resolve())
@@ -165,9 +130,9 @@ def build(
             if cached is not None:
                 log.note(f"Reusing the cached build of these inputs ({key[:12]})")
                 if output is not None:
-                    _export(cached, output)
+                    write_tarball(cached, output)
                     return result("cached", None, None)
-                version = add_tree_version(
+                version = add_version(
                     store,
                     config.name,
                     lambda tree: store.backend.clone(cached, tree),
@@ -213,10 +178,10 @@ def _build_new(
         cache.keep(store, key, tree)
         cache.prune_packages(job.package_cache, tree)
         if output is not None:
-            _export(tree, output)
+            write_tarball(tree, output)
             return result("built", None, job.log_path)
         with log.step(f"Committing as a new version of appimg {config.name}"):
-            version = add_tree_version(
+            version = add_version(
                 store,
                 config.name,
                 lambda target: rename_noreplace(tree, target),

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from realms.config import read_toml
-from realms.errors import InvalidInput
+from realms.errors import InvalidInput, InvalidName
 from realms.names import check_appimg_name
 from realms.system import apt
 
@@ -198,7 +198,7 @@ def _check(key: Key, value: Any, where: str) -> Any:
     if kind == "appimg":
         try:
             check_appimg_name(value)
-        except InvalidInput as error:
+        except InvalidName as error:
             raise InvalidInput(f"{where}: {key.name}: {error.message}") from None
     return value
 

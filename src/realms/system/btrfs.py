@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 from pathlib import Path
 
 from realms.errors import CommandFailed, RealmsError
@@ -100,11 +101,20 @@ def written_since(path: Path, generation: int) -> tuple[int, int]:
     return written, len(inodes)
 
 
-def wait_for_deletions(path: Path) -> None:
-    """Wait until the filesystem has cleaned up every deleted subvolume."""
-    # Commit first: the cleaner only starts on deletions that a transaction has committed.
-    run(["btrfs", "filesystem", "sync", path])
-    run(["btrfs", "subvolume", "sync", path])
+def wait_for_deletions(path: Path, timeout: float = 60.0) -> bool:
+    """Wait (at most ``timeout`` seconds) until the filesystem has cleaned up every deleted
+    subvolume; return whether it has.
+
+    Not ``btrfs subvolume sync``, which can wait for btrfs's next periodic commit (30 s) before
+    the cleaner even starts: each ``btrfs filesystem sync`` commits and wakes the cleaner.
+    """
+    deadline = time.monotonic() + timeout
+    while str(run(["btrfs", "subvolume", "list", "-d", path]).stdout).strip():
+        if time.monotonic() > deadline:
+            return False
+        run(["btrfs", "filesystem", "sync", path])
+        time.sleep(0.05)
+    return True
 
 
 def make_filesystem(image: Path, label: str) -> None:

@@ -1,0 +1,225 @@
+"""Block and sealed versions of appimgs: sealing a tree version, verifying any version,
+importing an image file, exporting a version.
+
+Sealing takes the appimg's update lock (one change of an appimg's content at a time) and works
+in a directory of its own beside the versions; its version number is reserved in the record at
+the start, because the number is written into the signed metainfo. The appimg's lock is taken
+only for a moment, to commit. Importing verifies the whole file (header, signature against the
+trusted and unrevoked keys of its channel, every data and hash block) before it enters the store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from realms import log
+from realms.appimg.layout import (
+    LOCK_WAIT,
+    appimg_dir,
+    clean_versions,
+    load_record,
+    no_update_running,
+    version_path,
+)
+from realms.appimg.ops import add_version
+from realms.appimg.record import RECORD_NAME, AppimgRecord, Change, Version
+from realms.appimg.tarball import write_tarball
+from realms.errors import InvalidInput, NotFound, RealmsError
+from realms.image import filesystem, keys, realmfs
+from realms.image.realmfs import Check
+from realms.names import check_appimg_name
+from realms.store import WORKING_PREFIX, Store, write_toml
+from realms.system import btrfs
+from realms.system.fs import fsync_dir, rename_noreplace, token
+from realms.system.run import run
+from realms.units import now
+
+DEFAULT_CHANNEL = "realmfs-user"
+
+
+def _pick(record: AppimgRecord, number: int | None) -> Version:
+    if number is None:
+        return record.current_version
+    found = record.version(number)
+    if found is None:
+        raise NotFound(f"appimg {record.name!r} has no version {number}")
+    return found
+
+
+def _reserve_number(store: Store, name: str) -> tuple[AppimgRecord, int]:
+    """Take the next version number for a version that will take a while to make."""
+    with store.appimg_lock(name, wait=LOCK_WAIT):
+        record = load_record(store, name)
+        clean_versions(store, name, record, update_lock_held=True)
+        number = record.next_number()
+        record.highest = number
+        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+    return record, number
+
+
+def _commit(store: Store, name: str, made: Path, version: Version, change: Change) -> None:
+    with store.appimg_lock(name, wait=LOCK_WAIT):
+        record = load_record(store, name)
+        rename_noreplace(made, version_path(store, name, version))
+        fsync_dir(appimg_dir(store, name))
+        record.add(version, change)
+        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+
+
+def seal(
+    store: Store,
+    name: str,
+    *,
+    channel: str | None = None,
+    fs: str = "ext4",
+    verity: bool = True,
+) -> Version:
+    """Make a sealed (or, without ``verity``, a block) version of appimg ``name`` from its
+    current tree version, and make it current."""
+    if fs not in filesystem.FILESYSTEMS:
+        raise InvalidInput(f"unknown filesystem {fs!r}", hint="choose ext4 or erofs")
+    channel = keys.check_channel(channel or DEFAULT_CHANNEL)
+    keyring = keys.Keyring(store)
+    seed = keyring.signing_seed(channel) if verity else None
+    check_appimg_name(name)
+    with no_update_running(store, name):
+        base = load_record(store, name).current_version
+        if base.kind != "tree":
+            raise RealmsError(
+                f"version {base.version} of appimg {name!r} is {base.kind} already: "
+                "only a tree version can be sealed",
+                hint="'realms appimg rollback' to a tree version first",
+            )
+        record, number = _reserve_number(store, name)
+        base = record.current_version
+        work = appimg_dir(store, name) / f"{WORKING_PREFIX}seal-{token()}"
+        work.mkdir()
+        try:
+            # A snapshot of the tree, so that nothing (a prune) can take it away meanwhile.
+            tree = work / "tree"
+            store.backend.clone(version_path(store, name, base), tree)
+            image = work / "image.img"
+            made = realmfs.seal_tree(
+                tree,
+                image,
+                scratch=work,
+                name=name,
+                version=number,
+                fs=fs,
+                channel=channel if verity else None,
+                seed=seed,
+                verity=verity,
+            )
+            kind = "sealed" if verity else "block"
+            signer = f", channel {channel}, key {keys.public_of(seed)[:16]}" if seed else ""
+            detail = f"{kind} from version {base.version} ({fs}{signer})"
+            version = Version(number, kind, now(), "seal", detail, size=made.size)
+            version.parent = base.version
+            _commit(store, name, image, version, Change(now(), "seal", number, detail))
+            return version
+        finally:
+            if work.exists():
+                store.backend.remove(work)
+
+
+@dataclass(frozen=True)
+class Verification:
+    appimg: str
+    version: int
+    kind: str
+    checks: list[Check]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "appimg": self.appimg,
+            "version": self.version,
+            "kind": self.kind,
+            "ok": self.ok,
+            "checks": [check.to_json() for check in self.checks],
+        }
+
+
+def verify(store: Store, name: str, number: int | None = None) -> Verification:
+    """Check a version: an image file entirely (header, signature, every block); a tree, that
+    it is the read-only tree the record names."""
+    with store.appimg_lock(name, shared=True, wait=LOCK_WAIT):
+        record = load_record(store, name)
+        version = _pick(record, number)
+        path = version_path(store, name, version)
+        if version.kind == "tree":
+            checks = [_check_tree(store, path)]
+        else:
+            with log.step(f"Verifying {name} version {version.version}"):
+                checks = realmfs.verify_image(path, keys.Keyring(store))
+            checks += _check_matches_record(path, version)
+    return Verification(name, version.version, version.kind, checks)
+
+
+def _check_tree(store: Store, path: Path) -> Check:
+    if not path.is_dir():
+        return Check("tree", False, f"{path} is missing")
+    if store.backend.name == "btrfs" and not btrfs.is_readonly(path):
+        return Check("tree", False, f"{path} is not read-only")
+    return Check("tree", True, "a read-only tree (no signature: seal it to sign it)")
+
+
+def _check_matches_record(path: Path, version: Version) -> list[Check]:
+    try:
+        header, _ = realmfs.read_header(path)
+    except InvalidInput:
+        return []
+    kind = "sealed" if header.metainfo.sealed else "block"
+    if kind != version.kind:
+        return [Check("record", False, f"the record says {version.kind}, the image is {kind}")]
+    return []
+
+
+def import_image(store: Store, name: str, source: Path, *, new_version: bool = False) -> Version:
+    """Import a block or sealed image file (a Citadel RealmFS image included) after checking
+    all of it; a sealed image must be signed by a trusted, unrevoked key of its channel."""
+    check_appimg_name(name)
+    with log.step(f"Verifying {source}"):
+        checks = realmfs.verify_image(source, keys.Keyring(store))
+    realmfs.require(checks, str(source))
+    header, _ = realmfs.read_header(source)
+    signer = next((c.detail for c in checks if c.name == "signature"), "")
+
+    def copy_to(target: Path) -> None:
+        with log.step(f"Copying {source.name} into the store"):
+            run(["cp", "--reflink=auto", "--", source, target])
+
+    return add_version(
+        store,
+        name,
+        copy_to,
+        origin="import",
+        detail=f"{source.resolve()} ({signer})",
+        mode="add" if new_version else "create",
+        kind="sealed" if header.metainfo.sealed else "block",
+    )
+
+
+def export(store: Store, name: str, target: Path, number: int | None = None) -> Version:
+    """Write a version as a standalone file: an image version as its image file (reflinked
+    where possible), a tree version as a tarball (.tar, .tar.gz, .tar.xz, .tar.zst)."""
+    with store.appimg_lock(name, shared=True, wait=LOCK_WAIT):
+        version = _pick(load_record(store, name), number)
+        source = version_path(store, name, version)
+        if version.kind == "tree":
+            write_tarball(source, target)
+            return version
+        partial = target.with_name(f".{target.name}.{token()}.part")
+        with log.step(f"Writing {target}"):
+            try:
+                run(["cp", "--reflink=auto", "--", source, partial])
+                partial.chmod(0o644)
+                os.replace(partial, target)
+            finally:
+                partial.unlink(missing_ok=True)
+    return version

@@ -1,0 +1,123 @@
+"""The filesystem inside a block image, made from a tree: ext4 (Citadel's) or erofs.
+
+- ext4, 4096-byte blocks, no journal (the image is only ever mounted read-only), no reserved
+  blocks, made with ``mkfs.ext4 -d`` (ownership, modes, xattrs, hard links and device nodes are
+  kept), then shrunk to its minimum with ``resize2fs -M``, so that no empty block is hashed.
+- erofs, lz4hc-compressed, made with ``mkfs.erofs``: read-only by design, and much smaller.
+
+Both are made into a file of their own; :mod:`realms.image.realmfs` places that file after the
+image header.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from realms.errors import CommandFailed, RealmsError
+from realms.system.run import run
+
+BLOCK_SIZE = 4096
+FILESYSTEMS = ("ext4", "erofs")
+_EXT4_MAGIC_OFFSET = 1024 + 56
+_EROFS_MAGIC_OFFSET = 1024
+
+
+def _tree_size(tree: Path) -> tuple[int, int]:
+    """(bytes in 4096-byte blocks, entries) of a tree."""
+    blocks = 0
+    entries = 0
+    for directory, subdirectories, files in os.walk(tree):
+        entries += 1 + len(files)
+        for name in files:
+            try:
+                size = os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                continue
+            blocks += -(-size // BLOCK_SIZE)
+        blocks += len(subdirectories)
+    return blocks * BLOCK_SIZE, entries
+
+
+def make_ext4(tree: Path, target: Path, label: str) -> int:
+    """Make the smallest ext4 filesystem holding ``tree`` in the file ``target``; return its
+    number of 4096-byte blocks."""
+    data, entries = _tree_size(tree)
+    inodes = entries + entries // 10 + 256
+    size = int(data * 1.1) + inodes * 256 + (16 << 20)
+    for _attempt in range(4):
+        target.unlink(missing_ok=True)
+        with open(target, "wb") as handle:
+            handle.truncate(-(-size // BLOCK_SIZE) * BLOCK_SIZE)
+        try:
+            run(
+                [
+                    "mkfs.ext4",
+                    "-q",
+                    "-F",
+                    "-b",
+                    str(BLOCK_SIZE),
+                    "-O",
+                    "^has_journal",
+                    "-m",
+                    "0",
+                    "-N",
+                    str(inodes),
+                    "-L",
+                    label[:16],
+                    "-d",
+                    tree,
+                    target,
+                ]
+            )
+            break
+        except CommandFailed as error:
+            if "Could not allocate" not in error.stderr and "No space" not in error.stderr:
+                raise
+            size = size * 3 // 2
+    else:
+        raise RealmsError(f"could not make an ext4 filesystem large enough for {tree}")
+    # resize2fs wants a freshly checked filesystem; -M shrinks it to the minimum.
+    checked = run(["e2fsck", "-f", "-y", target], check=False)
+    if checked.returncode not in (0, 1):  # 1: e2fsck corrected something, as it may
+        raise CommandFailed(["e2fsck", "-f", "-y", str(target)], checked.returncode, checked.stderr)
+    run(["resize2fs", "-M", target])
+    dump = str(run(["dumpe2fs", "-h", target]).stdout)
+    match = re.search(r"^Block count:\s+(\d+)", dump, re.MULTILINE)
+    if not match:
+        raise RealmsError(f"dumpe2fs did not say the block count of {target}")
+    blocks = int(match[1])
+    os.truncate(target, blocks * BLOCK_SIZE)
+    return blocks
+
+
+def make_erofs(tree: Path, target: Path, label: str) -> int:
+    """Make an lz4hc-compressed erofs filesystem of ``tree`` in ``target``; return its number of
+    4096-byte blocks."""
+    target.unlink(missing_ok=True)
+    run(["mkfs.erofs", "--quiet", "-zlz4hc", target, tree])
+    size = target.stat().st_size
+    blocks = -(-size // BLOCK_SIZE)
+    os.truncate(target, blocks * BLOCK_SIZE)
+    return blocks
+
+
+def make(kind: str, tree: Path, target: Path, label: str) -> int:
+    if kind == "ext4":
+        return make_ext4(tree, target, label)
+    if kind == "erofs":
+        return make_erofs(tree, target, label)
+    raise RealmsError(f"unknown filesystem {kind!r} (ext4 or erofs)")
+
+
+def detect(path: Path, offset: int) -> str | None:
+    """The filesystem at ``offset`` in ``path``: "ext4", "erofs" or None."""
+    with open(path, "rb") as handle:
+        handle.seek(offset + _EROFS_MAGIC_OFFSET)
+        if handle.read(4) == b"\xe2\xe1\xf5\xe0":
+            return "erofs"
+        handle.seek(offset + _EXT4_MAGIC_OFFSET)
+        if handle.read(2) == b"\x53\xef":
+            return "ext4"
+    return None
