@@ -181,15 +181,25 @@ def test_random_kills_while_importing(realms: Realms, bulky_tarball: Path) -> No
 
 
 def test_sigterm_cleans_up_at_once(realms: Realms, bulky_tarball: Path) -> None:
-    """A terminated (not killed) command removes its own temporary names before exiting."""
-    process = realms.spawn("appimg", "import", "bulky", str(bulky_tarball))
-    time.sleep(0.4)
-    process.terminate()
-    code = process.wait(timeout=60)
-    stderr = process.stderr.read() if process.stderr else ""
-    if code == 0:
-        pytest.skip("the import finished before SIGTERM arrived")
-    assert code == 1 and "interrupted by SIGTERM" in stderr
-    assert _leftovers(realms) == 0
-    assert realms.json("appimg", "list") == []
-    assert subprocess.run(["true"], check=True).returncode == 0
+    """A terminated (not killed) command stops its helpers (tar), removes its own temporary
+    names and exits, whatever it was doing when the signal came."""
+    interrupted = 0
+    for delay in (0.05, 0.2, 0.35, 0.5, 0.8):
+        process = realms.spawn("appimg", "import", "bulky", str(bulky_tarball))
+        time.sleep(delay)
+        process.terminate()
+        code = process.wait(timeout=60)
+        stderr = process.stderr.read() if process.stderr else ""
+        # Signalled before its handler is in place (starting) or after it is gone (exiting),
+        # realms simply dies: before, nothing was made; after, the import was complete.
+        finished = code in (0, -signal.SIGTERM)
+        if not finished:
+            interrupted += 1
+            assert code == 1 and "interrupted by SIGTERM" in stderr, stderr
+        assert _leftovers(realms) == 0
+        listed = [a["name"] for a in realms.json("appimg", "list")]
+        assert listed in ([], ["bulky"]) and (finished or not listed)
+        if listed:
+            realms("appimg", "remove", "bulky")
+    assert interrupted >= 2, "SIGTERM should have landed during most imports"
+    assert subprocess.run(["pgrep", "-f", "tar --extract"], check=False).returncode == 1

@@ -255,26 +255,32 @@ def extract(path: Path, compression: Compression, target: Path) -> None:
         *([compression.tar_option] if compression.tar_option else []),
     ]
     total = path.stat().st_size
+    errors: list[bytes] = []
     with log.progress(f"Extracting {path.name}", total) as bar:
         process = popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert process.stdin and process.stderr
-        errors: list[bytes] = []
-        reader = threading.Thread(target=lambda: errors.append(process.stderr.read()))  # type: ignore[union-attr]
-        reader.start()
+        stdin, stderr_pipe = process.stdin, process.stderr
+        assert stdin and stderr_pipe
+        # Whatever stops this (an error, Ctrl-C, SIGTERM at any moment), tar is killed and
+        # waited for before the caller deletes the tree it writes into.
         try:
-            with open(path, "rb") as source:
-                while chunk := source.read(_CHUNK):
-                    process.stdin.write(chunk)
-                    bar.advance(len(chunk))
-            process.stdin.close()
-        except BrokenPipeError:
-            pass
-        except BaseException:
-            process.kill()
-            raise
-        finally:
+            reader = threading.Thread(target=lambda: errors.append(stderr_pipe.read()), daemon=True)
+            reader.start()
+            try:
+                with open(path, "rb") as source:
+                    while chunk := source.read(_CHUNK):
+                        stdin.write(chunk)
+                        bar.advance(len(chunk))
+            except BrokenPipeError:
+                pass  # tar stopped reading: its exit status and stderr say why
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    stdin.close()
             returncode = process.wait()
             reader.join()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
     stderr = b"".join(errors)
     if returncode != 0 and b"No space left on device" in stderr:
         raise StoreFull(
