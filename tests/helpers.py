@@ -166,7 +166,18 @@ def make_busybox_tree(root: Path) -> Path:
     """A tiny root filesystem: busybox-static and its applets, users root and user (1000)."""
     busybox = shutil.which("busybox")
     assert busybox, "busybox-static is not installed"
-    for directory in ("usr/bin", "etc", "root", "tmp", "home", "var/tmp"):
+    for directory in (
+        "usr/bin",
+        "etc",
+        "root",
+        "tmp",
+        "home",
+        "var/tmp",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+    ):
         (root / directory).mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox, root / "usr/bin/busybox")
     (root / "bin").symlink_to("usr/bin")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from realms import pool
+from realms import activation, pool
 from realms.appimg import images
 from realms.appimg.ops import (
     AppimgInfo,
@@ -168,6 +168,7 @@ class Status:
     pool_image: Path | None
     total_bytes: int
     free_bytes: int
+    activations: list[activation.Activation]
 
     @property
     def verity(self) -> str:
@@ -184,6 +185,7 @@ class Status:
             "realms": self.realms,
             "default_realm": self.default_realm,
             "leftovers": self.leftovers,
+            "activations": [found.to_json() for found in self.activations],
             "kernel": self.features.to_json(),
             "systemd_pid1": systemd_is_pid1(),
             "policy": dict(self.store.config.values),
@@ -202,4 +204,5 @@ def status(store: Store) -> Status:
         pool_image=pool.mounted_pool(store.root),
         total_bytes=usage.total,
         free_bytes=usage.free,
+        activations=activation.activations(store),
     )

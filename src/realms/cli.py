@@ -8,6 +8,7 @@ exit 2; ``run`` passes the command's exit status through.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -103,6 +104,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("leftovers", f"{data['leftovers']} temporary names (cleaned by the next command)"),
         ]
     )
+    if status.activations:
+        print("\nactive images:")
+        rows = [
+            [
+                f"{found.appimg} v{found.version}",
+                found.device,
+                {"userspace": "userspace (checked at activation)"}.get(
+                    found.enforcement, found.enforcement
+                ),
+                ", ".join(found.users) or "none (released by the next realm command)",
+            ]
+            for found in status.activations
+        ]
+        _print_table(["IMAGE", "DEVICE", "VERITY", "REALMS"], rows)
     return 0
 
 
@@ -160,6 +175,10 @@ def _print_appimg(info: Any) -> None:
             ("name", info.name),
             ("kind", info.kind),
             ("version", f"{info.version} (current)"),
+            (
+                "verity",
+                {"userspace": "userspace (checked at activation)"}.get(info.verity, info.verity),
+            ),
             ("path", str(info.path)),
             ("realms", ", ".join(info.realms) or "none"),
         ]
@@ -214,6 +233,8 @@ def cmd_appimg_rollback(args: argparse.Namespace) -> int:
 def cmd_appimg_prune(args: argparse.Namespace) -> int:
     result = api.prune_appimg(_store(args), args.name, args.keep)
     kept = ", ".join(map(str, result.kept))
+    for number, realms in sorted(result.in_use.items()):
+        log.note(f"Keeping version {number}: realms run on it ({', '.join(realms)})")
     if result.removed:
         removed = ", ".join(map(str, result.removed))
         log.note(f"Removed versions {removed} of appimg {args.name}; kept {kept}")
@@ -865,6 +886,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print_error("interrupted", None)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (realms list | head): nothing left to say.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as error:
         detail = f": {error.filename}" if error.filename else ""
         hint = None

@@ -39,6 +39,55 @@ class Bind:
         return f"--bind{'-ro' if self.readonly else ''}={self.source}:{self.target}"
 
 
+@dataclass(frozen=True)
+class Overlay:
+    """A root filesystem made of a read-only image and a writable layer: ``upper`` and
+    ``work`` in the store, or, with ``tmpfs`` set, in a tmpfs mounted there (thrown away)."""
+
+    lower: Path
+    upper: Path
+    work: Path
+    tmpfs: Path | None = None
+
+
+# Runs as the container's wrapper, in a mount namespace of its own: the overlay (and tmpfs)
+# exist only for this run and vanish with it, even if realms is killed; nothing is left mounted.
+_OVERLAY_SCRIPT = """set -e
+lower=$1 upper=$2 work=$3 root=$4 tmp=$5
+shift 5
+if [ -n "$tmp" ]; then
+    mount -t tmpfs -o mode=0755 realms-overlay "$tmp"
+    mkdir "$tmp/upper" "$tmp/work"
+    upper=$tmp/upper work=$tmp/work
+fi
+mount -t overlay realms-overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root"
+exec "$@"
+"""
+
+
+def _overlay_wrapper(container: Container) -> list[str]:
+    overlay = container.overlay
+    if overlay is None:
+        return []
+    paths = [overlay.lower, overlay.upper, overlay.work, container.rootfs]
+    if any(set(str(path)) & set(",:\\") for path in paths):
+        raise RealmsError(
+            "the store's path has a ',', ':' or '\\', which overlayfs cannot take in a layer"
+        )
+    return [
+        "unshare",
+        "--mount",
+        "--propagation=private",
+        "--",
+        "sh",
+        "-c",
+        _OVERLAY_SCRIPT,
+        "sh",
+        *map(str, paths),
+        str(overlay.tmpfs or ""),
+    ]
+
+
 @dataclass
 class Container:
     rootfs: Path
@@ -56,6 +105,9 @@ class Container:
     pristine: bool = False
     """Change nothing in the tree but what the command changes: the host's resolv.conf is bound,
     not copied, and the timezone is left alone (for appimg update sessions)."""
+    overlay: Overlay | None = None
+    """Mount this overlay on ``rootfs`` for the run (realms on block and sealed images)."""
+    read_only: bool = False
 
 
 def systemd_is_pid1() -> bool:
@@ -103,6 +155,7 @@ def check_os_tree(rootfs: Path, what: str) -> None:
 
 def nspawn_argv(container: Container, interactive: bool) -> list[str]:
     argv = [
+        *_overlay_wrapper(container),
         "systemd-nspawn",
         "--quiet",
         f"--directory={container.rootfs}",
@@ -119,6 +172,8 @@ def nspawn_argv(container: Container, interactive: bool) -> list[str]:
         argv.append(f"--chdir={container.workdir}")
     if container.private_network:
         argv.append("--private-network")
+    if container.read_only:
+        argv.append("--read-only")
     argv += [bind.option() for bind in container.binds]
     argv += [f"--tmpfs={path}" for path in container.tmpfs]
     if container.pristine:

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from realms import config, locks, log, origin
+from realms import activation, config, locks, log, origin
 from realms.appimg.layout import LOCK_WAIT, load_record, version_path
 from realms.container import (
     REALM_HOME,
     Bind,
     Container,
+    Overlay,
     check_os_tree,
     default_locale,
     user_of_uid,
@@ -186,13 +187,24 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
                     "require-sealed is on",
                     hint="seal it with 'realms appimg seal', or turn require-sealed off",
                 )
-            if version.kind != "tree":
-                raise RealmsError(f"realms on {version.kind} appimgs are not supported yet")
-            if not store.backend.zero_cost:
+            image = version.kind in activation.IMAGE_KINDS
+            if image:
+                # Checked and mounted first: a bad image stops here, before anything is made.
+                with activation.lock(store, appimg):
+                    activation.release_unused(store, appimg)
+                    activation.activate(
+                        store, appimg, version, version_path(store, appimg, version)
+                    )
+                checkpoint("realm-new:activated")
+            elif not store.backend.zero_cost:
                 log.note(f"copy backend: copying appimg {appimg!r} (not a zero-cost snapshot)")
             with store.staging(realm_dir(store, name), f"realm {name!r}") as staged:
                 staged.mkdir(mode=0o755)
-                store.backend.clone(version_path(store, appimg, version), staged / "rootfs")
+                if image:
+                    for layer in ("rootfs", "upper", "work"):
+                        (staged / layer).mkdir(mode=0o755)
+                else:
+                    store.backend.clone(version_path(store, appimg, version), staged / "rootfs")
                 _make_home(store, staged / "home")
                 template = config.commented_template(
                     config.REALM_SETTINGS,
@@ -224,9 +236,14 @@ def remove_realm(store: Store, name: str, *, keep_home: bool = False) -> Path | 
                 os.rename(directory / "home", kept)
                 fsync_dir(store.removed_dir)
                 checkpoint("realm-remove:home-kept")
+            found = origin.load(directory)
             store.discard(directory)
         if was_default:
             store.default_realm_link.unlink(missing_ok=True)
+    if found.kind in activation.IMAGE_KINDS:
+        with activation.lock(store, found.appimg):
+            if not activation.users(store, found.appimg, found.appimg_version):
+                activation.release(store, found.appimg, found.appimg_version)
     return kept
 
 
@@ -293,25 +310,65 @@ def _binds(store: Store, name: str, settings: dict[str, Any]) -> tuple[list[Bind
     return binds, tmpfs
 
 
+def _image_layers(
+    store: Store, name: str, found: origin.Origin, settings: dict[str, Any]
+) -> tuple[Overlay | None, Path]:
+    """For a realm on a block or sealed version: its overlay (the activated image below, the
+    realm's layer above) and the directory to read the image's files from before it runs."""
+    with store.appimg_lock(found.appimg, shared=True, wait=LOCK_WAIT):
+        record = load_record(store, found.appimg)
+        version = record.version(found.appimg_version)
+        if version is None:
+            raise RealmsError(
+                f"realm {name!r} was made from version {found.appimg_version} of appimg "
+                f"{found.appimg!r}, which is gone"
+            )
+        with activation.lock(store, found.appimg):
+            active = activation.activate(
+                store, found.appimg, version, version_path(store, found.appimg, version)
+            )
+    directory = realm_dir(store, name)
+    mode = settings["overlay"]
+    if mode == "none":
+        return None, active.mountpoint
+    tmpfs = directory / "tmpfs" if mode == "tmpfs" else None
+    if tmpfs is not None:
+        tmpfs.mkdir(exist_ok=True)
+    layers = Overlay(active.mountpoint, directory / "upper", directory / "work", tmpfs)
+    return layers, active.mountpoint
+
+
 def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = False) -> int:
     """Run ``command`` (a login shell when empty) in realm ``name``; return its exit status.
 
-    It runs as the realm's user (uid 1000, in /home/user) unless ``root``.
+    It runs as the realm's user (uid 1000, in /home/user) unless ``root``. A realm on a block
+    or sealed version runs on an overlay of the activated image (checked first, see
+    :mod:`realms.activation`) and its own writable layer.
     """
     with running(store, name) as directory:
         settings = realm_settings(store, name)
+        found = origin.load(directory)
         rootfs = directory / "rootfs"
-        check_os_tree(rootfs, f"the root filesystem of realm {name!r}")
+        overlay = None
+        # Where to read the image's own files (passwd, locale) before it runs.
+        view = rootfs
+        if found.kind in activation.IMAGE_KINDS:
+            overlay, view = _image_layers(store, name, found, settings)
+            if overlay is None:
+                rootfs = view  # overlay = "none": the image itself, read-only
+            elif overlay.tmpfs is None and os.path.lexists(overlay.upper / "etc/passwd"):
+                view = overlay.upper  # the realm changed it: its own layer wins
+        check_os_tree(view, f"the root filesystem of realm {name!r}")
         user = None
         if not root:
-            user = user_of_uid(rootfs, REALM_UID)
+            user = user_of_uid(view, REALM_UID)
             if user is None:
                 raise RealmsError(
                     f"realm {name!r} has no user with uid {REALM_UID} in its /etc/passwd",
                     hint="run as root with --root, or make the appimg with a user",
                 )
         binds, tmpfs = _binds(store, name, settings)
-        lang = default_locale(rootfs)
+        lang = default_locale(view)
         container = Container(
             rootfs=rootfs,
             machine=name,
@@ -322,5 +379,7 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
             private_network=not settings["use-network"],
             workdir=REALM_HOME if user else None,
             environment={"LANG": lang} if lang else {},
+            overlay=overlay,
+            read_only=found.kind in activation.IMAGE_KINDS and overlay is None,
         )
         return run_container(container)

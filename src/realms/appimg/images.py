@@ -48,7 +48,7 @@ def _pick(record: AppimgRecord, number: int | None) -> Version:
     return found
 
 
-def _reserve_number(store: Store, name: str) -> tuple[AppimgRecord, int]:
+def reserve_number(store: Store, name: str) -> tuple[AppimgRecord, int]:
     """Take the next version number for a version that will take a while to make."""
     with store.appimg_lock(name, wait=LOCK_WAIT):
         record = load_record(store, name)
@@ -59,7 +59,8 @@ def _reserve_number(store: Store, name: str) -> tuple[AppimgRecord, int]:
     return record, number
 
 
-def _commit(store: Store, name: str, made: Path, version: Version, change: Change) -> None:
+def commit_image(store: Store, name: str, made: Path, version: Version, change: Change) -> None:
+    """Rename the finished image file ``made`` into place as ``version`` and record it."""
     with store.appimg_lock(name, wait=LOCK_WAIT):
         record = load_record(store, name)
         rename_noreplace(made, version_path(store, name, version))
@@ -92,7 +93,7 @@ def seal(
                 "only a tree version can be sealed",
                 hint="'realms appimg rollback' to a tree version first",
             )
-        record, number = _reserve_number(store, name)
+        record, number = reserve_number(store, name)
         base = record.current_version
         work = appimg_dir(store, name) / f"{WORKING_PREFIX}seal-{token()}"
         work.mkdir()
@@ -117,7 +118,7 @@ def seal(
             detail = f"{kind} from version {base.version} ({fs}{signer})"
             version = Version(number, kind, now(), "seal", detail, size=made.size)
             version.parent = base.version
-            _commit(store, name, image, version, Change(now(), "seal", number, detail))
+            commit_image(store, name, image, version, Change(now(), "seal", number, detail))
             return version
         finally:
             if work.exists():

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from realms import log, origin
+from realms import activation, log, origin
 from realms.appimg import tarball
 from realms.appimg.layout import (
     LOCK_WAIT,
@@ -42,6 +42,9 @@ class AppimgInfo:
     record: AppimgRecord
     realms: list[str]
     path: Path
+    verity: str
+    """How the current version is checked here: "kernel", "userspace" (checked at
+    activation) or "none" (a tree or block version)."""
 
     @property
     def kind(self) -> str:
@@ -61,6 +64,7 @@ class AppimgInfo:
             ],
             "realms": self.realms,
             "path": str(self.path),
+            "verity": self.verity,
             "history": [asdict(change) for change in self.record.history],
         }
 
@@ -78,7 +82,12 @@ def _names(store: Store) -> list[str]:
 
 
 def _info(store: Store, name: str, users: dict[str, list[str]]) -> AppimgInfo:
-    return AppimgInfo(name, load_record(store, name), users.get(name, []), appimg_dir(store, name))
+    record = load_record(store, name)
+    try:
+        verity = activation.enforcement(store, record.current_version.kind)
+    except RealmsError:
+        verity = "none"  # policy "kernel" without dm-verity: such realms are refused
+    return AppimgInfo(name, record, users.get(name, []), appimg_dir(store, name), verity)
 
 
 def _users(store: Store) -> dict[str, list[str]]:
@@ -246,6 +255,15 @@ def remove_appimg(store: Store, name: str) -> list[str]:
     realms are independent copies and keep working)."""
     with store.appimg_lock(name, wait=LOCK_WAIT), no_update_running(store, name):
         load_record(store, name)
+        running_on = activation.image_users(store, name)
+        if running_on:
+            realms = sorted({realm for names in running_on.values() for realm in names})
+            raise RealmsError(
+                f"appimg {name!r} has realms running on its image versions: {', '.join(realms)}",
+                hint="remove those realms first (realms on tree versions do not stop this)",
+            )
         users = _users(store).get(name, [])
-        store.discard(appimg_dir(store, name))
+        with activation.lock(store, name):
+            activation.release_unused(store, name)
+            store.discard(appimg_dir(store, name))
     return users

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from realms import log
+from realms.activation import IMAGE_KINDS
+from realms.appimg.images import commit_image, reserve_number
 from realms.appimg.layout import (
     LOCK_WAIT,
     appimg_dir,
@@ -35,11 +37,16 @@ from realms.appimg.layout import (
 from realms.appimg.record import RECORD_NAME, Change, Version
 from realms.container import Container, check_os_tree
 from realms.container import run as run_container
-from realms.errors import RealmsError
+from realms.errors import NotFound, RealmsError
 from realms.faults import checkpoint
+from realms.image import filesystem, keys, realmfs
+from realms.image.header import HEADER_SIZE
 from realms.names import check_appimg_name
 from realms.store import WORKING_PREFIX, Store, write_toml
+from realms.system import mounts
 from realms.system.fs import fsync_dir, rename_noreplace, syncfs, token
+from realms.system.loop import attached
+from realms.system.run import run
 from realms.units import now
 
 
@@ -61,6 +68,9 @@ def update_appimg(
     the config's default-appimg) and commit it as a new version if it exits 0."""
     name = check_appimg_name(name or store.config.default_appimg)
     with no_update_running(store, name):
+        base = load_record(store, name).current_version
+        if base.kind in IMAGE_KINDS:
+            return _update_image(store, name, base, command, discard=discard)
         working, base, marker = _start(store, name)
         try:
             status = _run(store, name, working, command)
@@ -82,7 +92,7 @@ def _start(store: Store, name: str) -> tuple[Path, Version, int | None]:
         clean_versions(store, name, record, update_lock_held=True)
         base = record.current_version
         if base.kind != "tree":
-            raise RealmsError(f"updating {base.kind} appimgs is not supported yet")
+            raise RealmsError(f"version {base.version} changed kind meanwhile; try again")
         working = appimg_dir(store, name) / f"{WORKING_PREFIX}{token()}"
         if not store.backend.zero_cost:
             log.note(f"copy backend: copying appimg {name!r} for the update (not a snapshot)")
@@ -123,3 +133,87 @@ def _commit(
         record.add(version, Change(now(), "update", version.version, detail))
         write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
     return version
+
+
+def _update_image(
+    store: Store, name: str, base: Version, command: list[str], *, discard: bool
+) -> UpdateResult:
+    """An update of a block or sealed version: the image's files are copied into a working
+    tree, the session runs on it, and a commit makes a new image of the same filesystem from
+    it: resealed with a new salt and signed with the channel's key when the image is sealed.
+    The key is checked before the session starts."""
+    image = version_path(store, name, base)
+    header, _ = realmfs.read_header(image)
+    meta = header.metainfo
+    seed = None
+    if base.kind == "sealed":
+        channel = meta.channel or ""
+        try:
+            seed = keys.Keyring(store).signing_seed(channel)
+        except NotFound:
+            raise RealmsError(
+                f"appimg {name!r} is sealed for channel {channel!r}, and this store has no "
+                "signing key for it: the update could not be resealed",
+                hint=f"'realms key generate {channel}' (and trust it where the image is used)",
+            ) from None
+    fs = filesystem.detect(image, HEADER_SIZE) or "ext4"
+    _, number = reserve_number(store, name)
+    work = appimg_dir(store, name) / f"{WORKING_PREFIX}{token()}"
+    work.mkdir()
+    try:
+        tree = work / "tree"
+        store.backend.create_tree(tree)
+        with log.step(f"Copying the files of version {base.version} into a working tree"):
+            _unpack(image, meta.nblocks or 0, fs, tree, work / "lower")
+        status = _run(store, name, tree, command)
+        if status != 0 or discard:
+            return UpdateResult(name, base.version, status, None, discard)
+        detail = shlex.join(command) if command else "interactive shell"
+        made = realmfs.seal_tree(
+            tree,
+            work / "image.img",
+            scratch=work,
+            name=name,
+            version=number,
+            fs=fs,
+            channel=meta.channel if seed else None,
+            seed=seed,
+            verity=seed is not None,
+        )
+        version = Version(number, base.kind, now(), "update", detail, size=made.size)
+        version.parent = base.version
+        commit_image(
+            store, name, work / "image.img", version, Change(now(), "update", number, detail)
+        )
+        return UpdateResult(name, base.version, status, version, False)
+    finally:
+        with log.step("Removing the working copy"):
+            mounts.unmount_below(work)
+            store.backend.remove(work)
+
+
+def _unpack(image: Path, nblocks: int, fs: str, tree: Path, lower: Path) -> None:
+    """Copy every file of the image into ``tree``, keeping owners, modes, xattrs and links.
+    The image is mounted in a mount namespace of the copy's own, so nothing stays mounted."""
+    lower.mkdir()
+    script = 'mount -t "$1" -o ro "$2" "$3" && cp -a "$3/." "$4/"'
+    with attached(image, offset=HEADER_SIZE, size=nblocks * 4096) as device:
+        run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation=private",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                fs,
+                device,
+                lower,
+                tree,
+            ]
+        )
+    found = tree / "lost+found"
+    if found.is_dir() and not any(found.iterdir()):
+        found.rmdir()  # made by mkfs.ext4, not part of the tree that was sealed

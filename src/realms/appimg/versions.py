@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from realms import activation
 from realms.appimg.layout import (
     LOCK_WAIT,
     appimg_dir,
@@ -71,6 +72,8 @@ def set_pinned(store: Store, name: str, number: int, pinned: bool) -> Version:
 class Pruned:
     removed: list[int]
     kept: list[int]
+    in_use: dict[int, list[str]]
+    """Old image versions kept because realms run on them."""
 
 
 def prune(store: Store, name: str, keep: int | None = None) -> Pruned:
@@ -83,15 +86,24 @@ def prune(store: Store, name: str, keep: int | None = None) -> Pruned:
         record = load_record(store, name)
         clean_versions(store, name, record)
         newest = sorted((v.version for v in record.versions), reverse=True)[:keep]
+        # Realms on an image version run on it: it stays while they exist.
+        in_use = activation.image_users(store, name)
         doomed = [
             v
             for v in record.versions
-            if v.version not in newest and v.version != record.current and not v.pinned
+            if v.version not in newest
+            and v.version != record.current
+            and not v.pinned
+            and v.version not in in_use
         ]
         # The record stops naming a version before its tree goes, so a kill in between leaves
         # only a tree that clean_versions deletes later, never a record naming a missing tree.
         record.versions = [v for v in record.versions if v not in doomed]
         write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+        with activation.lock(store, name):
+            activation.release_unused(store, name)
         for version in doomed:
             store.discard(version_path(store, name, version))
-    return Pruned([v.version for v in doomed], [v.version for v in record.versions])
+    spared = {v.version for v in record.versions if v.pinned} | {record.current, *newest}
+    kept_in_use = {number: realms for number, realms in in_use.items() if number not in spared}
+    return Pruned([v.version for v in doomed], [v.version for v in record.versions], kept_in_use)

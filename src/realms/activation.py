@@ -1,0 +1,247 @@
+"""Activations: block and sealed appimg versions made usable, once per version.
+
+A realm on a block or sealed version has no root filesystem of its own, only a writable layer
+over the image. The image is *activated* once per version and shared by every realm made from
+it: attached to a loop device (read-only, from offset 4096, see :mod:`realms.system.loop`) and
+mounted read-only at ``STORE/active/APPIMG.vN``. The activation's users are the realms whose
+origin is that version (:mod:`realms.origin`), so its reference count is never stored, only
+derived: it is made when the first realm is made or started, and released (unmounted, which
+frees the loop device) when the last one is removed.
+
+A sealed image is checked before it is mounted: its signature against the trusted, unrevoked
+keys of its channel, always; then, by the ``verity`` policy of the global config:
+
+- ``kernel`` dm-verity (``auto`` where the kernel has it): ``veritysetup open`` with the signed
+  root hash, as Citadel did; every later read is checked by the kernel.
+- ``userspace`` (``auto`` elsewhere, as on these machines): every data and hash block is
+  checked before the read-only mount; the enforcement is reported as ``userspace (checked at
+  activation)``.
+- ``kernel`` where the kernel has no dm-verity: refused.
+
+Activation and release happen under the appimg's activation lock. A command killed while
+activating leaves at most an activation that no realm uses; the next realm command on that
+appimg releases it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from realms import locks, log, origin
+from realms.appimg.record import Version
+from realms.errors import RealmsError
+from realms.image import filesystem, keys, realmfs
+from realms.image.header import HEADER_SIZE, Header
+from realms.store import Store
+from realms.system import kernel, mounts
+from realms.system.loop import attached
+from realms.system.run import run
+
+IMAGE_KINDS = ("block", "sealed")
+
+
+@dataclass(frozen=True)
+class Activation:
+    appimg: str
+    version: int
+    mountpoint: Path
+    device: str
+    enforcement: str
+    """"kernel", "userspace" (checked at activation) or "none" (a block image)."""
+    users: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "appimg": self.appimg,
+            "version": self.version,
+            "mountpoint": str(self.mountpoint),
+            "device": self.device,
+            "verity": self.enforcement,
+            "users": self.users,
+        }
+
+
+def lock(store: Store, appimg: str) -> AbstractContextManager[None]:
+    """Held while an appimg's versions are activated or released."""
+    return locks.hold(
+        store.locks_dir / f"activate.{appimg}.lock",
+        what=f"activation of appimg {appimg}",
+        wait=120,
+    )
+
+
+def active_dir(store: Store) -> Path:
+    return store.root / "active"
+
+
+def mountpoint(store: Store, appimg: str, version: int) -> Path:
+    # "." cannot be part of a name, so the split back is unambiguous (Citadel split on "-").
+    return active_dir(store) / f"{appimg}.v{version}"
+
+
+def _mapper_name(store: Store, appimg: str, version: int) -> str:
+    return f"realms-{os.stat(store.root).st_ino}-{appimg}.v{version}"
+
+
+def enforcement(store: Store, kind: str) -> str:
+    """How a version of ``kind`` is checked here, under the store's verity policy."""
+    if kind != "sealed":
+        return "none"
+    found = kernel.verity_enforcement(store.config.verity, kernel.features())
+    if found == "none":
+        raise RealmsError(
+            "the verity policy is 'kernel', but this kernel has no dm-verity",
+            hint='set verity = "auto" in the global config to check sealed images in '
+            "userspace, or use a kernel with device-mapper",
+        )
+    return found
+
+
+def users(store: Store, appimg: str, version: int) -> list[str]:
+    return sorted(
+        name
+        for name, found in origin.all_origins(store.realms_dir).items()
+        if found.appimg == appimg and found.appimg_version == version
+    )
+
+
+def image_users(store: Store, appimg: str) -> dict[int, list[str]]:
+    """The realms that run on each block or sealed version of ``appimg``, by version."""
+    found: dict[int, list[str]] = {}
+    for name, made in sorted(origin.all_origins(store.realms_dir).items()):
+        if made.appimg == appimg and made.kind in IMAGE_KINDS:
+            found.setdefault(made.appimg_version, []).append(name)
+    return found
+
+
+def _mounted(path: Path) -> mounts.Mount | None:
+    real = Path(os.path.realpath(path))
+    return next((m for m in reversed(mounts.mounts()) if m.target == real), None)
+
+
+def activate(store: Store, appimg: str, version: Version, image: Path) -> Activation:
+    """Make the version usable (check, attach, mount) unless it is already; the caller holds
+    the activation lock (:func:`lock`)."""
+    if version.kind not in IMAGE_KINDS:
+        raise RealmsError(f"version {version.version} of appimg {appimg!r} is not an image")
+    target = mountpoint(store, appimg, version.version)
+    existing = _mounted(target)
+    how = enforcement(store, version.kind)
+    if existing is not None:
+        return Activation(
+            appimg,
+            version.version,
+            target,
+            existing.source,
+            how,
+            users(store, appimg, version.version),
+        )
+    header, _ = realmfs.read_header(image)
+    keyring = keys.Keyring(store)
+    # The signature always; every block too unless the kernel will check each read.
+    title = f"Checking appimg {appimg} version {version.version}"
+    with log.step(title + (" (every block)" if how == "userspace" else "")):
+        checks = realmfs.verify_image(image, keyring, data=how != "kernel")
+    realmfs.require(checks, f"appimg {appimg} version {version.version}")
+    fstype = filesystem.detect(image, HEADER_SIZE) or "ext4"
+    nblocks = header.metainfo.nblocks or 0
+    target.mkdir(parents=True, exist_ok=True)
+    with log.step(f"Activating appimg {appimg} version {version.version}"):
+        if how == "kernel":
+            device = _open_verity(store, appimg, version.version, image, header)
+        else:
+            with attached(image, offset=HEADER_SIZE, size=nblocks * 4096) as loop:
+                run(["mount", "-t", fstype, "-o", "ro", loop, target])
+                device = loop
+        if how == "kernel":
+            run(["mount", "-t", fstype, "-o", "ro", device, target])
+    return Activation(
+        appimg, version.version, target, device, how, users(store, appimg, version.version)
+    )
+
+
+def _open_verity(store: Store, appimg: str, version: int, image: Path, header: Header) -> str:
+    """Citadel's way: the loop device from offset 4096 (data and hash area), veritysetup open
+    with the signed root hash and the hash area's offset on that device."""
+    meta = header.metainfo
+    assert meta.verity_root is not None and meta.nblocks is not None
+    name = _mapper_name(store, appimg, version)
+    if Path(f"/dev/mapper/{name}").exists():  # left by a killed activation, unmounted
+        run(["veritysetup", "close", name], check=False)
+    with attached(image, offset=HEADER_SIZE) as loop:
+        run(
+            [
+                "veritysetup",
+                "open",
+                loop,
+                name,
+                loop,
+                meta.verity_root.hex(),
+                f"--hash-offset={meta.nblocks * 4096}",
+            ]
+        )
+    return f"/dev/mapper/{name}"
+
+
+def release(store: Store, appimg: str, version: int) -> bool:
+    """Unmount the version's activation (the loop device goes with it); return whether there
+    was one. The caller holds the activation lock and knows that no realm uses it."""
+    target = mountpoint(store, appimg, version)
+    mounted = _mounted(target)
+    if mounted is None:
+        if target.is_dir():
+            target.rmdir()
+        return False
+    with log.step(f"Releasing appimg {appimg} version {version} (no realm uses it)"):
+        run(["umount", target])
+        if mounted.source.startswith("/dev/mapper/"):
+            run(["veritysetup", "close", mounted.source.removeprefix("/dev/mapper/")], check=False)
+        target.rmdir()
+    return True
+
+
+def release_unused(store: Store, appimg: str) -> None:
+    """Release the appimg's activations that no realm uses (a killed command's leftovers)."""
+    for found in activations(store):
+        if found.appimg == appimg and not found.users:
+            release(store, appimg, found.version)
+
+
+def _kind(store: Store, appimg: str, number: int) -> str | None:
+    from realms.appimg.layout import load_record  # the appimg modules build on this one
+
+    try:
+        version = load_record(store, appimg).version(number)
+    except RealmsError:
+        return None
+    return version.kind if version else None
+
+
+def activations(store: Store) -> list[Activation]:
+    """Every activation of the store (mounted under ``active/``), with its users."""
+    directory = Path(os.path.realpath(active_dir(store)))
+    found = []
+    for mount in mounts.mounts():
+        if mount.target.parent != directory or ".v" not in mount.target.name:
+            continue
+        appimg, _, number = mount.target.name.rpartition(".v")
+        if not number.isdigit():
+            continue
+        how = "kernel" if mount.source.startswith("/dev/mapper/") else "userspace"
+        if how == "userspace" and _kind(store, appimg, int(number)) == "block":
+            how = "none"
+        found.append(
+            Activation(
+                appimg,
+                int(number),
+                mount.target,
+                mount.source,
+                how,
+                users(store, appimg, int(number)),
+            )
+        )
+    return found
