@@ -29,17 +29,21 @@ import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from realms import locks, log, origin
 from realms.appimg.record import Version
 from realms.errors import RealmsError
-from realms.image import filesystem, keys, realmfs
-from realms.image.header import HEADER_SIZE, Header
 from realms.store import Store
 from realms.system import kernel, mounts
-from realms.system.loop import attached
 from realms.system.run import run
+
+if TYPE_CHECKING:
+    from realms.image.header import Header
+
+# The image modules (hashing, signatures) are imported where an image is activated, not here:
+# every realm command imports this module, and most never activate anything.
+HEADER_SIZE = 4096
 
 IMAGE_KINDS = ("block", "sealed")
 
@@ -140,6 +144,9 @@ def activate(store: Store, appimg: str, version: Version, image: Path) -> Activa
             how,
             users(store, appimg, version.version),
         )
+    from realms.image import filesystem, keys, realmfs
+    from realms.system.loop import attached
+
     header, _ = realmfs.read_header(image)
     keyring = keys.Keyring(store)
     # The signature always; every block too unless the kernel will check each read.
@@ -167,6 +174,8 @@ def activate(store: Store, appimg: str, version: Version, image: Path) -> Activa
 def _open_verity(store: Store, appimg: str, version: int, image: Path, header: Header) -> str:
     """Citadel's way: the loop device from offset 4096 (data and hash area), veritysetup open
     with the signed root hash and the hash area's offset on that device."""
+    from realms.system.loop import attached
+
     meta = header.metainfo
     assert meta.verity_root is not None and meta.nblocks is not None
     name = _mapper_name(store, appimg, version)

@@ -16,10 +16,9 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from realms import activation, pool
-from realms.appimg import images
 from realms.appimg.ops import (
     AppimgInfo,
     import_appimg,
@@ -28,13 +27,15 @@ from realms.appimg.ops import (
     show_appimg,
 )
 from realms.appimg.record import AppimgRecord, Version
-from realms.appimg.update import UpdateResult, update_appimg
+
+if TYPE_CHECKING:
+    from realms.appimg.images import Verification
+    from realms.appimg.update import UpdateResult
+    from realms.builder.build import BuildResult
+    from realms.image.keys import Keyring
 from realms.appimg.versions import Pruned, prune, rollback, set_pinned, versions
-from realms.builder.build import BuildResult, build
-from realms.builder.config import template as build_template
 from realms.container import systemd_is_pid1
 from realms.errors import AlreadyExists
-from realms.image import keys
 from realms.realm import (
     RealmInfo,
     default_realm,
@@ -88,6 +89,16 @@ __all__ = [
 ]
 
 
+def update_appimg(
+    store: Store, name: str | None, command: list[str], *, discard: bool = False
+) -> UpdateResult:
+    """A root shell (or ``command``) on a working copy of the appimg; exit 0 commits it as a
+    new version (see realms.appimg.update)."""
+    from realms.appimg import update
+
+    return update.update_appimg(store, name, command, discard=discard)
+
+
 def appimg_versions(store: Store, name: str) -> AppimgRecord:
     """The appimg's record: its versions, the current one, its history."""
     return versions(store, name)
@@ -115,14 +126,18 @@ def build_appimg(
     rebuild: bool = False,
 ) -> BuildResult:
     """Build an appimg from a build config (None: the default appimg base)."""
+    from realms.builder.build import build
+
     return build(store, config, name=name, output=output, rebuild=rebuild)
 
 
 def write_build_template(path: Path) -> None:
     """Write the commented template of a build config; refuse to overwrite a file."""
+    from realms.builder.config import template
+
     try:
         with open(path, "x", encoding="utf-8") as handle:
-            handle.write(build_template())
+            handle.write(template())
     except FileExistsError:
         raise AlreadyExists(f"{path} exists already", hint="name another file") from None
 
@@ -136,20 +151,28 @@ def seal_appimg(
     verity: bool = True,
 ) -> Version:
     """Make a sealed (or block) version from the appimg's current tree version."""
+    from realms.appimg import images
+
     return images.seal(store, name, channel=channel, fs=fs, verity=verity)
 
 
-def verify_appimg(store: Store, name: str, version: int | None = None) -> images.Verification:
+def verify_appimg(store: Store, name: str, version: int | None = None) -> Verification:
+    from realms.appimg import images
+
     return images.verify(store, name, version)
 
 
 def export_appimg(store: Store, name: str, target: Path, version: int | None = None) -> Version:
+    from realms.appimg import images
+
     return images.export(store, name, target, version)
 
 
-def keyring(store: Store) -> keys.Keyring:
+def keyring(store: Store) -> Keyring:
     """The store's signing keys and trusted keys (generate, trust, revoke, list)."""
-    return keys.Keyring(store)
+    from realms.image.keys import Keyring
+
+    return Keyring(store)
 
 
 def open_store(path: str | Path | None = None) -> Store:

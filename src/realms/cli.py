@@ -22,7 +22,6 @@ from typing import Any, NoReturn
 
 from realms import __version__, api, log
 from realms.errors import Interrupted, RealmsError
-from realms.image import keys
 from realms.store import Store
 from realms.units import format_size, parse_size
 
@@ -343,6 +342,8 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 
 
 def cmd_key_export(args: argparse.Namespace) -> int:
+    from realms.image import keys
+
     ring = api.keyring(_store(args))
     public = ring.signing_public(keys.check_channel(args.channel))
     if public is None:
@@ -358,6 +359,8 @@ def cmd_key_export(args: argparse.Namespace) -> int:
 
 
 def cmd_key_trust(args: argparse.Namespace) -> int:
+    from realms.image import keys
+
     public = keys.parse_public_key(args.pubkey)
     added = api.keyring(_store(args)).trust(args.channel, public)
     log.note(f"{'Trusted' if added else 'Already trusted:'} {public} for channel {args.channel}")
@@ -365,6 +368,8 @@ def cmd_key_trust(args: argparse.Namespace) -> int:
 
 
 def cmd_key_revoke(args: argparse.Namespace) -> int:
+    from realms.image import keys
+
     public = keys.parse_public_key(args.pubkey)
     channels = api.keyring(_store(args)).revoke(public)
     where = f" (it was trusted for {', '.join(channels)})" if channels else ""

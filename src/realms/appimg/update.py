@@ -7,8 +7,10 @@ Citadel's ``update-appimg`` edited the live image. Here a session works on a cop
    version meanwhile: the appimg's own lock is only taken for moments.
 2. The current version is snapshotted as the working copy ``appimg/NAME/.update.RANDOM``.
 3. A root shell (or the given command) runs in systemd-nspawn on the working copy, as machine
-   ``NAME-appimg-update`` with the host's network. The host's resolv.conf is bound, not copied,
-   and the timezone is left alone, so that only what the user does ends up in the image.
+   ``NAME-appimg-update`` with the host's network. The host's resolv.conf is bound, not copied
+   (an empty file nspawn had to make for that is removed afterwards), and the timezone is left
+   alone, so that what the user does is what ends up in the image (besides the mount points
+   nspawn needs, /proc, /sys, /dev and /run, in a tree that lacked them).
 4. Exit status 0 commits: the working copy is written to disk, frozen, renamed to ``vN`` and
    recorded as the current version, under the appimg's lock. Commit time does not depend on the
    image's size. Any other exit status, ``discard``, or realms being stopped deletes the
@@ -19,6 +21,7 @@ Citadel's ``update-appimg`` edited the live image. Here a session works on a cop
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +47,15 @@ from realms.image.header import HEADER_SIZE
 from realms.names import check_appimg_name
 from realms.store import WORKING_PREFIX, Store, write_toml
 from realms.system import mounts
-from realms.system.fs import fsync_dir, rename_noreplace, syncfs, token
+from realms.system.fs import (
+    fsync_dir,
+    open_in_root,
+    read_in_root,
+    rename_noreplace,
+    syncfs,
+    token,
+    unlink_in_root,
+)
 from realms.system.loop import attached
 from realms.system.run import run
 from realms.units import now
@@ -110,7 +121,30 @@ def _run(store: Store, name: str, working: Path, command: list[str]) -> int:
     container = Container(
         rootfs=working, machine=f"{name}-appimg-update", command=command, pristine=True
     )
-    return run_container(container)
+    had_resolv_conf = _exists_in(working, RESOLV_CONF)
+    try:
+        return run_container(container)
+    finally:
+        if not had_resolv_conf and _is_empty_file(working, RESOLV_CONF):
+            unlink_in_root(working, RESOLV_CONF)
+
+
+RESOLV_CONF = "etc/resolv.conf"
+
+
+def _exists_in(root: Path, relative: str) -> bool:
+    try:
+        os.close(open_in_root(root, relative))
+    except OSError:
+        return False
+    return True
+
+
+def _is_empty_file(root: Path, relative: str) -> bool:
+    try:
+        return read_in_root(root, relative, limit=1) == b""
+    except OSError:
+        return False
 
 
 def _commit(
