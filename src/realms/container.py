@@ -24,6 +24,7 @@ from typing import IO
 
 from realms.errors import Interrupted, RealmsError
 from realms.system.fs import read_in_root
+from realms.system.mounts import in_own_mount_namespace
 from realms.system.run import popen
 
 REALM_HOME = "/home/user"
@@ -74,18 +75,7 @@ def _overlay_wrapper(container: Container) -> list[str]:
         raise RealmsError(
             "the store's path has a ',', ':' or '\\', which overlayfs cannot take in a layer"
         )
-    return [
-        "unshare",
-        "--mount",
-        "--propagation=private",
-        "--",
-        "sh",
-        "-c",
-        _OVERLAY_SCRIPT,
-        "sh",
-        *map(str, paths),
-        str(overlay.tmpfs or ""),
-    ]
+    return in_own_mount_namespace(_OVERLAY_SCRIPT, *paths, overlay.tmpfs or "")
 
 
 @dataclass

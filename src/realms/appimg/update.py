@@ -232,22 +232,7 @@ def _unpack(image: Path, nblocks: int, fs: str, tree: Path, lower: Path) -> None
     lower.mkdir()
     script = 'mount -t "$1" -o ro "$2" "$3" && cp -a "$3/." "$4/"'
     with attached(image, offset=HEADER_SIZE, size=nblocks * 4096) as device:
-        run(
-            [
-                "unshare",
-                "--mount",
-                "--propagation=private",
-                "--",
-                "sh",
-                "-c",
-                script,
-                "sh",
-                fs,
-                device,
-                lower,
-                tree,
-            ]
-        )
+        run(mounts.in_own_mount_namespace(script, fs, device, lower, tree))
     found = tree / "lost+found"
     if found.is_dir() and not any(found.iterdir()):
         found.rmdir()  # made by mkfs.ext4, not part of the tree that was sealed

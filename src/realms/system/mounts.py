@@ -72,6 +72,23 @@ def loop_backing_file(device: str) -> Path | None:
         return None
 
 
+def in_own_mount_namespace(script: str, *arguments: str | Path) -> list[str]:
+    """The command line that runs the shell ``script`` (its arguments as $1, $2, ...) in a
+    mount namespace of its own: whatever it mounts is private to it and goes when it ends,
+    even if it is killed. The script may end by exec'ing the program that needs the mounts."""
+    return [
+        "unshare",
+        "--mount",
+        "--propagation=private",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        *map(str, arguments),
+    ]
+
+
 def mount_image(image: Path, target: Path, options: str = "") -> None:
     """Mount a filesystem image file through a loop device that is freed on unmount."""
     all_options = "loop" + (f",{options}" if options else "")
