@@ -154,3 +154,30 @@ def test_module_entry_point() -> None:
         [sys.executable, "-m", "realms", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.startswith("realms ")
+
+
+def test_nspawn_command_line_follows_the_host(tmp_path: Path) -> None:
+    from realms.container import Bind, Container, Overlay, nspawn_argv
+
+    container = Container(
+        rootfs=tmp_path / "root",
+        machine="work",
+        command=["id"],
+        user="user",
+        binds=[Bind(tmp_path / "home", "/home/user")],
+        workdir="/home/user",
+    )
+    without = nspawn_argv(container, interactive=False, systemd_pid1=False)
+    assert "--register=no" in without and "--keep-unit" in without
+    assert "--console=pipe" in without and without[-2:] == ["--", "id"]
+    assert f"--bind={tmp_path}/home:/home/user" in without and "--user=user" in without
+    with_systemd = nspawn_argv(container, interactive=True, systemd_pid1=True)
+    assert "--register=no" not in with_systemd and "--console=interactive" in with_systemd
+    layered = Container(
+        rootfs=tmp_path / "root",
+        machine="img",
+        overlay=Overlay(tmp_path / "lower", tmp_path / "upper", tmp_path / "work"),
+    )
+    wrapped = nspawn_argv(layered, interactive=False, systemd_pid1=False)
+    assert wrapped[:4] == ["unshare", "--mount", "--propagation=private", "--"]
+    assert wrapped.index("systemd-nspawn") > wrapped.index(str(tmp_path / "lower"))

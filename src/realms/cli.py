@@ -719,10 +719,11 @@ def build_parser() -> argparse.ArgumentParser:
         appimg_commands,
         "prune",
         cmd_appimg_prune,
-        "delete old versions, never the current one or pinned ones",
+        "delete old versions, never the current one, pinned ones, or images realms run on",
         "Delete all but the N newest versions of the appimg (N: --keep, else keep-versions of "
-        "the config, 3). The current version and pinned versions are always kept; realms made "
-        "from deleted versions keep working.",
+        "the config, 3). The current version, pinned versions and block or sealed versions "
+        "that realms run on are always kept; realms made from deleted tree versions keep "
+        "working (their root filesystems are their own).",
     )
     appimg_prune.add_argument("name")
     appimg_prune.add_argument("--keep", type=int, metavar="N", help="how many versions to keep")
@@ -738,7 +739,8 @@ def build_parser() -> argparse.ArgumentParser:
         appimg_commands,
         "remove",
         cmd_appimg_remove,
-        "remove an appimg and all its versions (realms made from it keep working)",
+        "remove an appimg and all its versions (refused while realms run on its images; "
+        "realms made from its tree versions keep working)",
     )
     appimg_remove.add_argument("name")
 
@@ -802,9 +804,11 @@ def build_parser() -> argparse.ArgumentParser:
         "new",
         cmd_new,
         "make a realm from an appimg",
-        "Make a realm whose root filesystem is a writable snapshot of the appimg's current "
-        "version (zero cost on btrfs), with a home made from the store's skel/. The first "
-        "realm becomes the default realm.",
+        "Make a realm from the appimg's current version, with a home made from the store's "
+        "skel/. From a tree version, its root filesystem is a writable snapshot (zero cost on "
+        "btrfs); from a block or sealed version, a writable layer over the image, which is "
+        "checked (sealed: signature, and dm-verity or every block) and mounted once for all "
+        "the realms made from it. The first realm becomes the default realm.",
     )
     new.add_argument("name")
     new.add_argument(

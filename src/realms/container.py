@@ -143,7 +143,11 @@ def check_os_tree(rootfs: Path, what: str) -> None:
         )
 
 
-def nspawn_argv(container: Container, interactive: bool) -> list[str]:
+def nspawn_argv(
+    container: Container, interactive: bool, systemd_pid1: bool | None = None
+) -> list[str]:
+    """The command line that runs ``container``; ``systemd_pid1`` (default: detected) says
+    whether nspawn may register the container with systemd-machined."""
     argv = [
         *_overlay_wrapper(container),
         "systemd-nspawn",
@@ -154,7 +158,7 @@ def nspawn_argv(container: Container, interactive: bool) -> list[str]:
         "--link-journal=no",
         f"--console={'interactive' if interactive else 'pipe'}",
     ]
-    if not systemd_is_pid1():
+    if not (systemd_is_pid1() if systemd_pid1 is None else systemd_pid1):
         argv += ["--register=no", "--keep-unit"]
     if container.user:
         argv.append(f"--user={container.user}")
