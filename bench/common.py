@@ -1,5 +1,6 @@
 """What the benchmarks share: a scratch btrfs filesystem, synthetic root-filesystem trees, timing
-of whole processes, machine information and the table printer.
+of whole processes (and of the steps a realms command prints), machine information and the table
+printer.
 
 A benchmark script imports this module as ``common`` (Python puts the script's directory,
 ``bench/``, first on the module search path). Everything here needs root where it mounts or
@@ -15,6 +16,9 @@ import math
 import os
 import platform
 import random
+import re
+import resource
+import selectors
 import shutil
 import signal
 import stat
@@ -100,6 +104,76 @@ def timed(argv: Sequence[str | Path], env: dict[str, str] | None = None) -> floa
             f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}"
         )
     return elapsed
+
+
+def timeline(
+    argv: Sequence[str | Path], env: dict[str, str] | None = None
+) -> tuple[float, list[tuple[float, str]]]:
+    """Run a process with its stdout and stderr in one pipe; return its wall time and each line
+    it printed with when the line arrived, both in milliseconds from its start. It must exit 0."""
+    command = [str(arg) for arg in argv]
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    lines: list[tuple[float, str]] = []
+    pending = b""
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while True:
+                selector.select()
+                chunk = os.read(fd, 1 << 16)
+                arrived = (time.perf_counter() - start) * 1000
+                if not chunk:
+                    break
+                *complete, pending = (pending + chunk).split(b"\n")
+                lines.extend((arrived, line.decode(errors="replace")) for line in complete)
+        returncode = process.wait()
+        elapsed = (time.perf_counter() - start) * 1000
+    except BaseException:
+        # Interrupted: stop the process as subprocess.run would (a container of realms gets
+        # SIGTERM from the kernel), so that the scratch filesystem can be unmounted.
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        process.stdout.close()
+    if pending:
+        lines.append((elapsed, pending.decode(errors="replace")))
+    if returncode != 0:
+        output = "\n".join(line for _, line in lines)
+        raise RuntimeError(f"{' '.join(command)} failed ({returncode}):\n{output}")
+    return elapsed, lines
+
+
+STEP_PREFIX = "[+]: "
+_STEP_DONE = re.compile(r"(.*): done \([0-9.]+s\)")
+
+
+def step_times(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """How long each step of a realms command took, in milliseconds, from the lines of
+    :func:`timeline`. Where stderr is not a terminal, a step prints ``[+]: TITLE`` when it starts
+    and ``[+]: TITLE: done (N.Ns)`` when it ends; the time between the two lines' arrivals is
+    finer than the tenths of a second that realms prints."""
+    started: dict[str, float] = {}
+    durations: dict[str, float] = {}
+    for arrived, line in lines:
+        if not line.startswith(STEP_PREFIX):
+            continue
+        text = line.removeprefix(STEP_PREFIX)
+        done = _STEP_DONE.fullmatch(text)
+        if done and done[1] in started:
+            durations[done[1]] = arrived - started.pop(done[1])
+        else:
+            started[text] = arrived
+    return durations
 
 
 def human(size: int) -> str:
@@ -201,6 +275,30 @@ def loops_backed_by(image: Path) -> list[str]:
     return found
 
 
+def loops_backed_under(directory: Path) -> list[str]:
+    """Loop devices whose backing file is under ``directory`` (images in a store on it)."""
+    output = run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+    prefix = os.path.realpath(directory) + "/"
+    found = []
+    for line in output.splitlines():
+        name, _, back = line.strip().partition(" ")
+        if back.strip().startswith(prefix):
+            found.append(name)
+    return found
+
+
+def mounts_below(directory: Path) -> list[Path]:
+    """Mount points under ``directory`` (not itself), deepest first."""
+    prefix = os.path.realpath(directory) + "/"
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            target = line.split()[4].replace("\\040", " ")
+            if target.startswith(prefix):
+                found.append(Path(target))
+    return sorted(set(found), key=lambda path: -len(path.parts))
+
+
 def unmount(mountpoint: Path) -> None:
     for attempt in range(10):
         if not os.path.ismount(mountpoint):
@@ -218,7 +316,9 @@ def unmount(mountpoint: Path) -> None:
 @contextmanager
 def scratch_btrfs(size: int) -> Iterator[Path]:
     """A fresh btrfs filesystem in a sparse image, mounted; yields its mount point. Always
-    unmounted, its loop device checked, and its temporary directory removed afterwards."""
+    unmounted afterwards (first whatever is still mounted inside it, such as an activated image,
+    and the loop devices backed by files on it), its loop device checked, and its temporary
+    directory removed."""
     workdir = Path(tempfile.mkdtemp(prefix="realms-bench-"))
     image = workdir / "btrfs.img"
     mountpoint = workdir / "mnt"
@@ -233,6 +333,16 @@ def scratch_btrfs(size: int) -> Iterator[Path]:
     finally:
         problems = []
         try:
+            # What a benchmark left mounted inside (activations of sealed appimgs, which
+            # hold loop devices backed by files on this filesystem) goes first.
+            for inner in mounts_below(mountpoint):
+                log(f"unmounting {inner}, left mounted inside the scratch filesystem")
+                unmount(inner)
+            for device in loops_backed_under(mountpoint):
+                log(
+                    f"loop device {device} is backed by a file on the scratch filesystem: detaching"
+                )
+                subprocess.run(["losetup", "--detach", device], check=False)
             unmount(mountpoint)
         except RuntimeError as error:
             problems.append(str(error))
@@ -265,6 +375,49 @@ def settle(mountpoint: Path) -> None:
         run(["btrfs", "filesystem", "sync", mountpoint])
         time.sleep(0.02)
     run(["sync"])
+
+
+BTRFS_SUBVOLUME_INODE = 256  # the inode number of every subvolume's root directory
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory on btrfs that may hold subvolumes (a store, a bootstrapped root):
+    the subvolumes in it (and itself, if it is one) deepest first, then what is left."""
+    if not path.exists():
+        return
+    subvolumes = []
+    if path.stat().st_ino == BTRFS_SUBVOLUME_INODE:
+        subvolumes.append(path)
+    for directory, subdirectories, _ in os.walk(path):
+        for name in subdirectories:
+            full = Path(directory) / name
+            if full.lstat().st_ino == BTRFS_SUBVOLUME_INODE:
+                subvolumes.append(full)
+    for subvolume in sorted(subvolumes, key=lambda p: -len(p.parts)):
+        run(["btrfs", "subvolume", "delete", subvolume])
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def machine_cpu_ms() -> float:
+    """CPU time the whole machine has spent busy (all CPUs: user, system, interrupts, steal),
+    in milliseconds, from /proc/stat; the difference over a run shows what else ran."""
+    with open("/proc/stat") as handle:
+        fields = [int(value) for value in handle.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    ticks = user + nice + system + irq + softirq + steal
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_ms() -> float:
+    """CPU time (user + system) of this process's finished, waited-for children and theirs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages: other work on the machine shows there."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 # Synthetic root filesystems

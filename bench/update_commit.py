@@ -64,10 +64,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import selectors
 import shutil
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +96,7 @@ from common import (
     settle,
     stop_on_signals,
     timed,
+    timeline,
     tool_version,
     tree_stats,
 )
@@ -144,46 +143,6 @@ def add_busybox(root: Path) -> None:
     shutil.copy2(busybox, root / "usr" / "bin" / "busybox")
     for applet in APPLETS:
         (root / "usr" / "bin" / applet).symlink_to("busybox")
-
-
-def timeline(argv: Sequence[str], env: dict[str, str]) -> tuple[float, list[tuple[float, str]]]:
-    """Run a process with its stdout and stderr in one pipe; return its wall time and each line
-    it printed with when the line arrived, both in milliseconds from its start. It must exit 0."""
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    lines: list[tuple[float, str]] = []
-    pending = b""
-    try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while True:
-                selector.select()
-                chunk = os.read(fd, 1 << 16)
-                arrived = (time.perf_counter() - start) * 1000
-                if not chunk:
-                    break
-                *complete, pending = (pending + chunk).split(b"\n")
-                lines.extend((arrived, line.decode(errors="replace")) for line in complete)
-        returncode = process.wait()
-        elapsed = (time.perf_counter() - start) * 1000
-    except BaseException:
-        # Interrupted: stop realms as subprocess.run would (its container gets SIGTERM from
-        # the kernel), so that the scratch filesystem can be unmounted.
-        process.kill()
-        process.wait()
-        raise
-    finally:
-        process.stdout.close()
-    if pending:
-        lines.append((elapsed, pending.decode(errors="replace")))
-    if returncode != 0:
-        output = "\n".join(line for _, line in lines)
-        raise RuntimeError(f"{' '.join(argv)} failed ({returncode}):\n{output}")
-    return elapsed, lines
 
 
 def phases_of(elapsed: float, lines: list[tuple[float, str]]) -> dict[str, float]:
