@@ -62,37 +62,47 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common import (
     GIB,
     RESULTS_DIR,
+    SCRATCH_TOOLS,
+    BenchBase,
     Measurement,
-    compile_realms,
+    add_image_option,
+    add_output_option,
     format_ratio,
+    format_seconds,
     human,
     load_average,
     log,
     machine_info,
     measure,
-    missing_tools,
+    mmdebstrap_argv,
+    prepare_run,
     print_table,
+    print_targets,
     ratio,
     realms_command,
     realms_source,
+    record,
+    recorded_command,
     remove_tree,
+    rounded,
     run,
     scratch_btrfs,
-    settle,
     step_times,
-    stop_on_signals,
+    target_line,
     timed,
     timeline,
+    timing_cells,
+    timing_json,
     tool_version,
     tree_stats,
+    write_results,
 )
 from realms.builder.config import BuildConfig, load
 from realms.system import apt
@@ -148,21 +158,10 @@ def group_steps(steps: dict[str, float], total: float) -> dict[str, float]:
 
 
 @dataclass
-class Bench:
-    mountpoint: Path
-    realms: list[str]
+class Bench(BenchBase):
     config: BuildConfig
-    counter: int = 0
     store: Path | None = None
     """The store of the last first build: the cached rebuilds run on it."""
-    details: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-    def fresh(self, prefix: str) -> str:
-        self.counter += 1
-        return f"{prefix}{self.counter}"
-
-    def settle(self) -> None:
-        settle(self.mountpoint)
 
     def env(self, store: Path) -> dict[str, str]:
         return {**os.environ, "REALMS_STORE": str(store)}
@@ -172,19 +171,8 @@ class Bench:
         found: list[dict[str, Any]] = json.loads(output)
         return found
 
-    def note(self, method: str, run_number: int, detail: dict[str, Any]) -> None:
-        if run_number >= 0:  # warm-up runs are not kept
-            self.details.setdefault(method, []).append(detail)
-
     def bare_argv(self, target: Path) -> list[str]:
-        return [
-            "mmdebstrap",
-            f"--variant={self.config.variant}",
-            f"--include={','.join(self.config.packages)}",
-            self.config.release,
-            str(target),
-            self.config.mirror,
-        ]
+        return mmdebstrap_argv(self.config, target, self.config.mirror)
 
     def first(self) -> Callable[[int], float]:
         def sample(run_number: int) -> float:
@@ -301,10 +289,6 @@ class Bench:
 # Report
 
 
-def seconds(ms: float) -> str:
-    return f"{ms / 1000:.2f}"
-
-
 def report(
     measurements: list[Measurement], details: dict[str, list[dict[str, Any]]]
 ) -> dict[str, Any]:
@@ -314,24 +298,8 @@ def report(
     results = []
     for m in measurements:
         versus = ratio(m.median, bare)
-        rows.append(
-            [
-                m.method,
-                seconds(m.median),
-                seconds(min(m.samples)),
-                seconds(max(m.samples)),
-                format_ratio(versus),
-            ]
-        )
-        entry: dict[str, Any] = {
-            "method": m.method,
-            "runs": m.runs,
-            "samples_ms": [round(s, 1) for s in m.samples],
-            "median_ms": round(m.median, 1),
-            "min_ms": round(min(m.samples), 1),
-            "max_ms": round(max(m.samples), 1),
-            "vs_bare_mmdebstrap": None if versus is None else round(versus, 3),
-        }
+        rows.append([m.method, *timing_cells(m, seconds=True), format_ratio(versus)])
+        entry = {**timing_json(m, 1), "vs_bare_mmdebstrap": rounded(versus, 3)}
         if m.method in details:
             entry["details"] = details[m.method]
         results.append(entry)
@@ -354,9 +322,9 @@ def report(
     step_rows = [
         [
             title,
-            seconds(value),
+            format_seconds(value),
             f"{100 * value / first_median:.0f} %",
-            seconds(other_groups[title]) if title in other_groups else "-",
+            format_seconds(other_groups[title]) if title in other_groups else "-",
         ]
         for title, value in groups.items()
     ]
@@ -384,23 +352,31 @@ def report(
     cached_met = {
         method: by_method[method].median < TARGET_CACHED_S * 1000 for method in (UP_TO_DATE, CACHED)
     }
-    print()
-    print("targets:")
-    print(
-        f"  first build / bare mmdebstrap <= {TARGET_FIRST_RATIO}: {format_ratio(first_ratio)}: "
-        f"{'met' if first_met else 'NOT met'}"
-    )
-    for method, met in cached_met.items():
-        print(
-            f"  {method} median < {TARGET_CACHED_S:.0f} s: "
-            f"{seconds(by_method[method].median)} s: {'met' if met else 'NOT met'}"
-        )
     outcomes = [d["outcome"] for d in others]
     other_met = by_method[OTHER].median < TARGET_CACHED_S * 1000
-    print(
-        f"  {OTHER} median < {TARGET_CACHED_S:.0f} s: {seconds(by_method[OTHER].median)} s: "
-        f"{'met' if other_met else 'NOT met'} ({outcomes.count('built')} of {len(outcomes)} "
-        "runs built again: the hostname follows --name, and it is an input)"
+    print_targets(
+        [
+            target_line(
+                f"first build / bare mmdebstrap <= {TARGET_FIRST_RATIO}",
+                format_ratio(first_ratio),
+                first_met,
+            ),
+            *(
+                target_line(
+                    f"{method} median < {TARGET_CACHED_S:.0f} s",
+                    f"{format_seconds(by_method[method].median)} s",
+                    met,
+                )
+                for method, met in cached_met.items()
+            ),
+            target_line(
+                f"{OTHER} median < {TARGET_CACHED_S:.0f} s",
+                f"{format_seconds(by_method[OTHER].median)} s",
+                other_met,
+            )
+            + f" ({outcomes.count('built')} of {len(outcomes)} runs built again: the hostname "
+            "follows --name, and it is an input)",
+        ]
     )
     return {
         "results": results,
@@ -409,7 +385,7 @@ def report(
         "other_name_outcomes": outcomes,
         "packages_installed": packages,
         "tree_bytes_median": trees,
-        "ratio_first_over_bare": None if first_ratio is None else round(first_ratio, 3),
+        "ratio_first_over_bare": rounded(first_ratio, 3),
         "targets": {
             "first_over_bare_at_most": TARGET_FIRST_RATIO,
             "cached_rebuild_below_s": TARGET_CACHED_S,
@@ -432,12 +408,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (3)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed rounds first (0)")
-    parser.add_argument(
-        "--image-gb", type=int, default=16, help="size of the sparse btrfs image, GiB (16)"
-    )
-    parser.add_argument(
-        "--output", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})"
-    )
+    add_image_option(parser, 16)
+    add_output_option(parser, RESULTS)
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.image_gb < 4:
         parser.error("runs must be positive, the image at least 4 GiB")
@@ -446,15 +418,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        log("this benchmark needs root: it makes and mounts a btrfs filesystem")
+    if not prepare_run((*SCRATCH_TOOLS, "sync", "mmdebstrap", "systemd-nspawn")):
         return 2
-    tools = ("mkfs.btrfs", "btrfs", "mount", "umount", "losetup", "findmnt", "sync")
-    for tool in missing_tools((*tools, "mmdebstrap", "systemd-nspawn")):
-        log(f"{tool} is not installed")
-        return 2
-    stop_on_signals()
-    compile_realms()
     realms_code = realms_source()
     config = load(None)
     mirror = apt.host_debian_mirror()
@@ -482,11 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("interrupted")
         return 130
     summary = report(measurements, bench.details)
-    packages = ",".join(config.packages)
-    data = {
-        "benchmark": "build",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
+    body = {
         "config": {
             "runs": args.runs,
             "warmup": args.warmup,
@@ -495,15 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "variant": config.variant,
             "mirror": mirror,
             "packages": config.packages,
-            "realms_command": [Path(a).name for a in bench.realms[:1]] + bench.realms[1:],
+            "realms_command": recorded_command(bench.realms),
             "realms_source": realms_code,
         },
         "commands": {
             FIRST: "untimed: REALMS_STORE=NEW realms -q init; timed: realms appimg build",
-            BARE: (
-                f"mmdebstrap --variant={config.variant} --include={packages} {config.release} "
-                f"DIR {mirror}"
-            ),
+            BARE: " ".join(mmdebstrap_argv(config, "DIR", mirror)),
             UP_TO_DATE: "realms -q appimg build (on the store of the round's first build)",
             CACHED: (
                 f"realms -q appimg build {SAME_INPUTS_FILE} (on the same store; the file: "
@@ -512,11 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             OTHER: f"realms appimg build --name {OTHER_NAME} (on the same store)",
         },
         **summary,
-        "total_seconds": round(time.perf_counter() - started, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nresults written to {args.output}")
+    write_results(args.output, record("build", machine, body, started))
     return 0
 
 

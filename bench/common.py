@@ -1,6 +1,7 @@
-"""What the benchmarks share: a scratch btrfs filesystem, synthetic root-filesystem trees, timing
-of whole processes (and of the steps a realms command prints), machine information and the table
-printer.
+"""What the benchmarks share: the checks at start-up and the common command-line options, a
+scratch btrfs filesystem, synthetic root-filesystem trees, timing of whole processes (and of the
+steps a realms command prints), machine information, the pieces of the reports (table cells and
+JSON entries of a measurement, the table printer, the targets) and writing the JSON results.
 
 A benchmark script imports this module as ``common`` (Python puts the script's directory,
 ``bench/``, first on the module search path). Everything here needs root where it mounts or
@@ -11,7 +12,9 @@ it guards is left by Ctrl-C or (after :func:`stop_on_signals`) SIGTERM or SIGHUP
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 import math
 import os
 import platform
@@ -30,9 +33,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from realms.builder.config import BuildConfig
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
@@ -72,6 +79,11 @@ OS_RELEASE = (
 
 SETTLE_TIMEOUT = 300.0  # seconds
 
+STORE_DIR = "store"  # a benchmark's store on the scratch filesystem: MOUNTPOINT/store
+# What every benchmark needs for its scratch filesystem (see scratch_btrfs).
+SCRATCH_TOOLS = ("mkfs.btrfs", "btrfs", "mount", "umount", "losetup", "findmnt")
+MIN_SCRATCH_GIB = 8  # the least size of a scratch filesystem sized to its trees
+
 
 # Small helpers
 
@@ -106,6 +118,33 @@ def timed(argv: Sequence[str | Path], env: dict[str, str] | None = None) -> floa
     return elapsed
 
 
+@contextmanager
+def piped(
+    argv: Sequence[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], IO[bytes]]]:
+    """Start a process with stdin from /dev/null and its stdout and stderr in one pipe; yield the
+    process and the pipe. If the block is left by an exception (Ctrl-C, or SIGTERM after
+    :func:`stop_on_signals`), the process is killed and waited for, as subprocess.run would (a
+    container of realms gets SIGTERM from the kernel), so that the scratch filesystem can be
+    unmounted. The pipe is always closed."""
+    process = subprocess.Popen(
+        list(argv),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    try:
+        yield process, process.stdout
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        process.stdout.close()
+
+
 def timeline(
     argv: Sequence[str | Path], env: dict[str, str] | None = None
 ) -> tuple[float, list[tuple[float, str]]]:
@@ -113,38 +152,21 @@ def timeline(
     it printed with when the line arrived, both in milliseconds from its start. It must exit 0."""
     command = [str(arg) for arg in argv]
     start = time.perf_counter()
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
     lines: list[tuple[float, str]] = []
     pending = b""
-    try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(fd, selectors.EVENT_READ)
-            while True:
-                selector.select()
-                chunk = os.read(fd, 1 << 16)
-                arrived = (time.perf_counter() - start) * 1000
-                if not chunk:
-                    break
-                *complete, pending = (pending + chunk).split(b"\n")
-                lines.extend((arrived, line.decode(errors="replace")) for line in complete)
+    with piped(command, env) as (process, pipe), selectors.DefaultSelector() as selector:
+        fd = pipe.fileno()
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            selector.select()
+            chunk = os.read(fd, 1 << 16)
+            arrived = (time.perf_counter() - start) * 1000
+            if not chunk:
+                break
+            *complete, pending = (pending + chunk).split(b"\n")
+            lines.extend((arrived, line.decode(errors="replace")) for line in complete)
         returncode = process.wait()
         elapsed = (time.perf_counter() - start) * 1000
-    except BaseException:
-        # Interrupted: stop the process as subprocess.run would (a container of realms gets
-        # SIGTERM from the kernel), so that the scratch filesystem can be unmounted.
-        process.kill()
-        process.wait()
-        raise
-    finally:
-        process.stdout.close()
     if pending:
         lines.append((elapsed, pending.decode(errors="replace")))
     if returncode != 0:
@@ -225,6 +247,89 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGHUP, _terminate)
 
 
+# Start-up and the command line
+
+
+def prepare_run(tools: Sequence[str]) -> bool:
+    """Whether the benchmark can run: as root, with every tool in ``tools`` installed; where it
+    cannot, say why on stderr (the first missing tool only). Where it can, make SIGTERM and SIGHUP
+    unwind like Ctrl-C (:func:`stop_on_signals`) and byte-compile realms (:func:`compile_realms`).
+    """
+    if os.geteuid() != 0:
+        log("this benchmark needs root: it makes and mounts a btrfs filesystem")
+        return False
+    missing = missing_tools(tools)
+    if missing:
+        log(f"{missing[0]} is not installed")
+        return False
+    stop_on_signals()
+    compile_realms()
+    return True
+
+
+def add_image_option(
+    parser: argparse.ArgumentParser, default_gb: int | None = None, *, holds: str = "the trees"
+) -> None:
+    """Add ``--image-gb``, the size of the scratch filesystem's sparse image: by default
+    ``default_gb`` GiB or, where that is None, 0: enough for what it ``holds`` (see
+    :func:`scratch_size`)."""
+    if default_gb is None:
+        parser.add_argument(
+            "--image-gb",
+            type=int,
+            default=0,
+            help=f"size of the sparse btrfs image, GiB (default: enough for {holds}, "
+            f"at least {MIN_SCRATCH_GIB})",
+        )
+    else:
+        parser.add_argument(
+            "--image-gb",
+            type=int,
+            default=default_gb,
+            help=f"size of the sparse btrfs image, GiB ({default_gb})",
+        )
+
+
+def add_seed_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--seed``, the seed of :func:`generate_tree`'s layout (1)."""
+    parser.add_argument("--seed", type=int, default=1, help="seed of the tree layout (1)")
+
+
+def add_output_option(parser: argparse.ArgumentParser, results: Path) -> None:
+    """Add ``--output``, where the JSON results go (by default ``results``)."""
+    parser.add_argument(
+        "--output", type=Path, default=results, help=f"JSON results (default: {results})"
+    )
+
+
+def add_two_tree_options(parser: argparse.ArgumentParser, runs_of: str) -> None:
+    """Add the options of a benchmark on a small and a large generated tree: ``--small-mb`` (200),
+    ``--large-mb`` (2048), ``--runs`` (7, of what ``runs_of`` says), ``--copy-runs`` (3),
+    ``--warmup`` (1), ``--image-gb`` (enough for the trees) and ``--seed``."""
+    parser.add_argument("--small-mb", type=int, default=200, help="small tree, MiB (200)")
+    parser.add_argument("--large-mb", type=int, default=2048, help="large tree, MiB (2048)")
+    parser.add_argument("--runs", type=int, default=7, help=f"timed runs of {runs_of} (7)")
+    parser.add_argument("--copy-runs", type=int, default=3, help="timed runs of cp -a (3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each first (1)")
+    add_image_option(parser)
+    add_seed_option(parser)
+
+
+def check_counts(
+    parser: argparse.ArgumentParser, counts: Sequence[int], warmup: int | None = None
+) -> None:
+    """Stop with a usage error unless every one of ``counts`` (sizes, runs) is at least 1 and
+    ``warmup``, where given, at least 0."""
+    if min(counts) < 1 or (warmup is not None and warmup < 0):
+        parser.error("sizes and runs must be positive")
+
+
+def scratch_size(image_gb: int, enough_mb: int) -> int:
+    """The size of the scratch filesystem in bytes: ``image_gb`` GiB as asked (``--image-gb``)
+    or, where that is 0, ``enough_mb`` MiB but at least :data:`MIN_SCRATCH_GIB` GiB."""
+    return (image_gb * GIB) or max(MIN_SCRATCH_GIB * GIB, enough_mb * MIB)
+
+
 # The realms command line
 
 
@@ -258,6 +363,23 @@ def realms_source() -> dict[str, Any]:
     except (OSError, RuntimeError):
         return {"commit": None, "modified": None}
     return {"commit": commit, "modified": modified}
+
+
+def recorded_command(realms: Sequence[str]) -> list[str]:
+    """The realms command line as the results record it: its first word without a directory."""
+    return [Path(arg).name for arg in realms[:1]] + list(realms[1:])
+
+
+def mmdebstrap_argv(config: BuildConfig, target: str | Path, mirror: str) -> list[str]:
+    """A bare mmdebstrap of a build config's release, variant and packages into ``target``."""
+    return [
+        "mmdebstrap",
+        f"--variant={config.variant}",
+        f"--include={','.join(config.packages)}",
+        config.release,
+        str(target),
+        mirror,
+    ]
 
 
 # The scratch btrfs filesystem
@@ -438,6 +560,13 @@ class TreeStats:
             "symlinks": self.symlinks,
         }
 
+    def describe(self, label: str) -> str:
+        """``LABEL (N bytes), N files, N directories, N symlinks``, as the reports print it."""
+        return (
+            f"{label} ({self.bytes} bytes), {self.files} files, {self.directories} directories, "
+            f"{self.symlinks} symlinks"
+        )
+
 
 def log_uniform(rng: random.Random, bounds: tuple[int, int]) -> int:
     low, high = bounds
@@ -508,6 +637,93 @@ def tree_stats(root: Path) -> TreeStats:
     return stats
 
 
+def generate_source(
+    source: Path, target_bytes: int, seed: int, extra: Callable[[Path], object] | None = None
+) -> float:
+    """Make the subvolume ``source`` and fill it: :func:`generate_tree`, then ``extra`` on it
+    (such as what makes commands run in it), then ``sync``. Returns the seconds the filling and
+    the sync took."""
+    run(["btrfs", "subvolume", "create", source])
+    start = time.perf_counter()
+    generate_tree(source, target_bytes, seed)
+    if extra is not None:
+        extra(source)
+    run(["sync"])
+    return time.perf_counter() - start
+
+
+SIZES = ("small", "large")  # the appimgs of the benchmarks on two generated trees
+
+
+@dataclass
+class GeneratedTrees:
+    """The appimgs of a benchmark on two generated trees: what is in each and how long it took."""
+
+    stats: dict[str, TreeStats]
+    phases: dict[str, dict[str, float]]
+    """Per size: ``generate_seconds`` and ``import_seconds``."""
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Per size, its size in words (``205 MiB``, ``2.0 GiB``)."""
+        return {size: human(self.stats[size].bytes) for size in self.stats}
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        labels = self.labels
+        return {
+            size: {"label": labels[size], **self.stats[size].to_json(), **self.phases[size]}
+            for size in self.stats
+        }
+
+
+def import_two_trees(
+    bench: BenchBase,
+    env: dict[str, str],
+    sizes_mb: dict[str, int],
+    seed: int,
+    *,
+    tree_of: Callable[[str], Path],
+    extra: Callable[[Path], object] | None = None,
+) -> GeneratedTrees:
+    """For each size (in order): generate a tree of about that many MiB in the subvolume
+    ``source-SIZE`` (:func:`generate_source`, with ``extra``), import it into the store as appimg
+    SIZE, delete the source, and count what is in the appimg's tree, ``tree_of(SIZE)``."""
+    stats: dict[str, TreeStats] = {}
+    phases: dict[str, dict[str, float]] = {}
+    for size, megabytes in sizes_mb.items():
+        source = bench.mountpoint / f"source-{size}"
+        generated = generate_source(source, megabytes * MIB, seed, extra)
+        start = time.perf_counter()
+        run(bench.realms_cmd("appimg", "import", size, str(source)), env)
+        imported = time.perf_counter() - start
+        run(["btrfs", "subvolume", "delete", source])
+        stats[size] = tree_stats(tree_of(size))
+        phases[size] = {
+            "generate_seconds": round(generated, 2),
+            "import_seconds": round(imported, 2),
+        }
+        log(
+            f"tree {size}: {human(stats[size].bytes)}, {stats[size].files} files, "
+            f"{stats[size].directories} directories; generated in {generated:.1f} s, "
+            f"imported in {imported:.1f} s"
+        )
+    return GeneratedTrees(stats, phases)
+
+
+def two_tree_config(args: argparse.Namespace, image_bytes: int) -> dict[str, Any]:
+    """The options of :func:`add_two_tree_options` and the scratch image's size, as the results
+    record them."""
+    return {
+        "small_mb": args.small_mb,
+        "large_mb": args.large_mb,
+        "runs": args.runs,
+        "copy_runs": args.copy_runs,
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "image_bytes": image_bytes,
+    }
+
+
 # Measurements
 
 
@@ -524,6 +740,36 @@ class Measurement:
     @property
     def median(self) -> float:
         return statistics.median(self.samples)
+
+
+@dataclass
+class BenchBase:
+    """What the ``Bench`` of every benchmark has: the scratch filesystem's mount point, the realms
+    command line, a counter for fresh names, and what timed runs measured besides their samples.
+    """
+
+    mountpoint: Path
+    realms: list[str]
+    counter: int = field(default=0, kw_only=True)
+    details: dict[Any, list[dict[str, Any]]] = field(default_factory=dict, kw_only=True)
+    """Per key (a method, or whatever a benchmark chooses): one entry a timed run."""
+
+    def fresh(self, prefix: str) -> str:
+        """A name not used before in this run: ``prefix`` and a number."""
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def settle(self) -> None:
+        settle(self.mountpoint)
+
+    def realms_cmd(self, *args: str, flag: str = "-q") -> list[str]:
+        """The realms command line with ``flag`` (quiet by default) and ``args``."""
+        return [*self.realms, flag, *args]
+
+    def note(self, key: Any, run_number: int, detail: dict[str, Any]) -> None:
+        """Keep what a timed run measured besides its sample (warm-up runs are not kept)."""
+        if run_number >= 0:
+            self.details.setdefault(key, []).append(detail)
 
 
 def measure(measurements: list[Measurement], warmup: int, mountpoint: Path) -> None:
@@ -554,6 +800,118 @@ def format_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def rounded(value: float | None, digits: int) -> float | None:
+    """``value`` rounded to ``digits`` decimals; None stays None."""
+    return None if value is None else round(value, digits)
+
+
+def format_seconds(ms: float) -> str:
+    """Milliseconds as seconds with two decimals, for the tables' columns in seconds."""
+    return f"{ms / 1000:.2f}"
+
+
+def timing_cells(m: Measurement, *, seconds: bool = False) -> list[str]:
+    """A measurement's median, min and max as table cells: milliseconds with one decimal or,
+    with ``seconds``, seconds with two."""
+    values = (m.median, min(m.samples), max(m.samples))
+    return [format_seconds(v) if seconds else f"{v:.1f}" for v in values]
+
+
+def timing_json(m: Measurement, digits: int, *, size: bool = False) -> dict[str, Any]:
+    """A measurement's entry in the JSON results: its method, its tree (with ``size``), its
+    runs, every sample and the median, min and max, in milliseconds rounded to ``digits``
+    decimals. A benchmark adds its ratios and details after these keys."""
+    entry: dict[str, Any] = {"method": m.method}
+    if size:
+        entry["size"] = m.size
+    entry |= {
+        "runs": m.runs,
+        "samples_ms": [round(s, digits) for s in m.samples],
+        "median_ms": round(m.median, digits),
+        "min_ms": round(min(m.samples), digits),
+        "max_ms": round(max(m.samples), digits),
+    }
+    return entry
+
+
+def detail_medians(
+    details: list[dict[str, Any]], keys: Sequence[str] | None = None
+) -> dict[str, float]:
+    """The median over runs of each of ``keys`` (by default those of the first run) in the
+    details the runs noted; empty where no run noted any."""
+    if not details:
+        return {}
+    return {key: statistics.median(d[key] for d in details) for key in (keys or list(details[0]))}
+
+
+def large_over_small(measurements: list[Measurement]) -> dict[str, float | None]:
+    """For each method measured on both trees: its median on the large tree over its median on
+    the small one, in the order of the large trees' measurements."""
+    by_key = {(m.method, m.size): m for m in measurements}
+    return {
+        m.method: ratio(m.median, by_key[(m.method, "small")].median)
+        for m in measurements
+        if m.size == "large" and (m.method, "small") in by_key
+    }
+
+
+def print_two_tree_table(
+    measurements: list[Measurement],
+    trees: GeneratedTrees,
+    *,
+    baseline: str,
+    versus_title: str,
+    versus_key: str,
+    shown_as: Callable[[str], str] = str,
+) -> tuple[list[dict[str, Any]], dict[str, float | None]]:
+    """The report of a benchmark on two generated trees: print what is in the trees and a table
+    of each measurement's median, min and max (ms), its ratio to the median of ``baseline`` on
+    the same tree (column ``versus_title``) and, on the large tree, its ratio to its own median
+    on the small one; a method's name is shown as ``shown_as(method)``. Returns the JSON entries
+    (:func:`timing_json`, to 3 decimals, with the ratio to the baseline as ``versus_key``) and
+    the large / small ratios of :func:`large_over_small`."""
+    by_key = {(m.method, m.size): m for m in measurements}
+    baselines = {size: by_key[(baseline, size)].median for size in SIZES}
+    scaling = large_over_small(measurements)
+    labels = trees.labels
+    rows = []
+    results = []
+    for m in measurements:
+        versus = ratio(m.median, baselines[m.size]) if m.size in baselines else None
+        growth = scaling.get(m.method) if m.size == "large" else None
+        rows.append(
+            [
+                shown_as(m.method),
+                labels.get(m.size, "-"),
+                *timing_cells(m),
+                format_ratio(versus),
+                format_ratio(growth),
+            ]
+        )
+        results.append({**timing_json(m, 3, size=True), versus_key: rounded(versus, 3)})
+    print()
+    for size in SIZES:
+        print(f"{size}: {trees.stats[size].describe(labels[size])}")
+    print()
+    print_table(
+        ["method", "tree", "median ms", "min ms", "max ms", versus_title, "large/small"], rows
+    )
+    return results, scaling
+
+
+def target_line(claim: str, value: str, met: bool) -> str:
+    """A line of the targets: ``  CLAIM: VALUE: met`` (or ``NOT met``)."""
+    return f"  {claim}: {value}: {'met' if met else 'NOT met'}"
+
+
+def print_targets(lines: Sequence[str]) -> None:
+    """Print the targets, each a :func:`target_line`, after a blank line and ``targets:``."""
+    print()
+    print("targets:")
+    for line in lines:
+        print(line)
+
+
 def print_table(headers: list[str], rows: list[list[str]], left: int = 2) -> None:
     """A table with the first ``left`` columns left-aligned and the others right-aligned."""
     widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
@@ -568,3 +926,28 @@ def print_table(headers: list[str], rows: list[list[str]], left: int = 2) -> Non
     print("-" * len(aligned[0]))
     for line in aligned[1:]:
         print(line)
+
+
+# Results
+
+
+def record(
+    benchmark: str, machine: dict[str, Any], body: dict[str, Any], started: float
+) -> dict[str, Any]:
+    """The JSON results of a run: the benchmark's name, the date (UTC, to the second), the
+    machine, ``body``, and the seconds since ``started`` (a :func:`time.perf_counter` value)."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        **body,
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def write_results(output: Path, data: dict[str, Any], *, ensure_ascii: bool = False) -> None:
+    """Write the JSON results to ``output`` (indented by 2, with a final newline; its directory
+    made if need be) and say where they went."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(data, indent=2, ensure_ascii=ensure_ascii) + "\n")
+    print(f"\nresults written to {output}")

@@ -52,45 +52,54 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common import (
-    GIB,
     MIB,
     REPO,
     RESULTS_DIR,
+    SCRATCH_TOOLS,
+    STORE_DIR,
+    BenchBase,
     Measurement,
+    add_image_option,
+    add_output_option,
+    add_seed_option,
+    check_counts,
     children_cpu_ms,
-    compile_realms,
+    detail_medians,
     format_ratio,
-    generate_tree,
+    generate_source,
     human,
     load_average,
     log,
     machine_cpu_ms,
     machine_info,
     measure,
-    missing_tools,
+    prepare_run,
     print_table,
     ratio,
     realms_command,
     realms_source,
+    record,
+    recorded_command,
+    rounded,
     run,
     scratch_btrfs,
-    settle,
+    scratch_size,
     step_times,
-    stop_on_signals,
     timed,
     timeline,
+    timing_cells,
+    timing_json,
     tool_version,
     tree_stats,
+    write_results,
 )
 from realms.image.realmfs import read_header
 
@@ -99,7 +108,6 @@ from tests.helpers import make_busybox_tree
 
 RESULTS = RESULTS_DIR / "image_realm.json"
 
-STORE_DIR = "store"
 SEALED = "big"
 TREE = "bigtree"
 TREE_REALM = "t"
@@ -118,33 +126,19 @@ ACTIVATE_STEP = "Activating appimg {name} version {version}"
 
 
 @dataclass
-class Bench:
-    mountpoint: Path
-    realms: list[str]
+class Bench(BenchBase):
     env: dict[str, str]
     version: int = 0
     """The sealed version of ``big``."""
-    counter: int = 0
     realm: str | None = None
     """The realm on the sealed image made in this round (removed at the next round's start)."""
     pending_new: float | None = None
     """This round's time of ``realms new`` (its run is sampled next)."""
     pending_run: float | None = None
-    details: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def store(self) -> Path:
         return self.mountpoint / STORE_DIR
-
-    def settle(self) -> None:
-        settle(self.mountpoint)
-
-    def realms_cmd(self, *args: str) -> list[str]:
-        return [*self.realms, "-q", *args]
-
-    def note(self, method: str, run_number: int, detail: dict[str, Any]) -> None:
-        if run_number >= 0:  # warm-up runs are not kept
-            self.details.setdefault(method, []).append(detail)
 
     def activations(self) -> list[dict[str, Any]]:
         status = json.loads(run(self.realms_cmd("status", "--json"), self.env))
@@ -169,8 +163,7 @@ class Bench:
             left = self.activations()
             if left:
                 raise RuntimeError(f"activations left before a first activation: {left}")
-            self.counter += 1
-            name = f"s{self.counter}"
+            name = self.fresh("s")
             self.settle()
             machine, own = machine_cpu_ms(), children_cpu_ms()
             elapsed, lines = timeline([*self.realms, "new", name, "--appimg", SEALED], self.env)
@@ -250,24 +243,8 @@ def report(
     results = []
     for m in measurements:
         versus = ratio(m.median, tree_run)
-        rows.append(
-            [
-                m.method,
-                f"{m.median:.1f}",
-                f"{min(m.samples):.1f}",
-                f"{max(m.samples):.1f}",
-                format_ratio(versus),
-            ]
-        )
-        entry: dict[str, Any] = {
-            "method": m.method,
-            "runs": m.runs,
-            "samples_ms": [round(s, 2) for s in m.samples],
-            "median_ms": round(m.median, 2),
-            "min_ms": round(min(m.samples), 2),
-            "max_ms": round(max(m.samples), 2),
-            "vs_tree_realm_run": None if versus is None else round(versus, 3),
-        }
+        rows.append([m.method, *timing_cells(m), format_ratio(versus)])
+        entry = {**timing_json(m, 2), "vs_tree_realm_run": rounded(versus, 3)}
         if m.method in details:
             entry["details"] = [
                 {k: (round(v, 2) if isinstance(v, float) else v) for k, v in d.items()}
@@ -278,10 +255,9 @@ def report(
     print_table(["method", "median ms", "min ms", "max ms", "vs tree realm run"], rows, left=1)
 
     news = details[FIRST_NEW]
-    phases = {
-        key: statistics.median(d[key] for d in news)
-        for key in ("check_ms", "activate_ms", "rest_ms", "total_ms", "cpu_ms", "other_cpu_ms")
-    }
+    phases = detail_medians(
+        news, ("check_ms", "activate_ms", "rest_ms", "total_ms", "cpu_ms", "other_cpu_ms")
+    )
     data_bytes = nblocks * 4096
     check_rate = data_bytes / (phases["check_ms"] / 1000) / 1e9
     print()
@@ -323,35 +299,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fs", choices=("ext4", "erofs"), default="ext4", help="the image's filesystem (ext4)"
     )
-    parser.add_argument(
-        "--image-gb",
-        type=int,
-        default=0,
-        help="size of the sparse btrfs image, GiB (default: enough for the tree, at least 8)",
-    )
-    parser.add_argument("--seed", type=int, default=1, help="seed of the tree layout (1)")
-    parser.add_argument(
-        "--output", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})"
-    )
+    add_image_option(parser, holds="the tree")
+    add_seed_option(parser)
+    add_output_option(parser, RESULTS)
     args = parser.parse_args(argv)
-    if min(args.tree_mb, args.runs) < 1 or args.warmup < 0:
-        parser.error("sizes and runs must be positive")
+    check_counts(parser, (args.tree_mb, args.runs), args.warmup)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        log("this benchmark needs root: it makes and mounts a btrfs filesystem")
+    tools = ("sync", "systemd-nspawn", "busybox", "mkfs.ext4", "mkfs.erofs")
+    if not prepare_run((*SCRATCH_TOOLS, *tools)):
         return 2
-    tools = ("mkfs.btrfs", "btrfs", "mount", "umount", "losetup", "findmnt", "sync")
-    for tool in missing_tools((*tools, "systemd-nspawn", "busybox", "mkfs.ext4", "mkfs.erofs")):
-        log(f"{tool} is not installed")
-        return 2
-    stop_on_signals()
-    compile_realms()
     realms_code = realms_source()
-    image_size = (args.image_gb * GIB) or max(8 * GIB, 5 * args.tree_mb * MIB)
+    image_size = scratch_size(args.image_gb, 5 * args.tree_mb)
     started = time.perf_counter()
     setup: dict[str, float] = {}
     try:
@@ -364,12 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 machine["load_average_at_start"] = load_average()
                 run(bench.realms_cmd("init"), env)
                 source = mountpoint / "source"
-                run(["btrfs", "subvolume", "create", source])
-                start = time.perf_counter()
-                generate_tree(source, args.tree_mb * MIB, args.seed)
-                make_busybox_tree(source)
-                run(["sync"])
-                setup["generate_seconds"] = time.perf_counter() - start
+                setup["generate_seconds"] = generate_source(
+                    source, args.tree_mb * MIB, args.seed, make_busybox_tree
+                )
                 start = time.perf_counter()
                 for name in (SEALED, TREE):
                     run(bench.realms_cmd("appimg", "import", name, str(source)), env)
@@ -416,15 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("interrupted")
         return 130
     print()
-    print(
-        f"tree: {human(stats.bytes)} ({stats.bytes} bytes), {stats.files} files, "
-        f"{stats.directories} directories, {stats.symlinks} symlinks; verity: {verity}"
-    )
+    print(f"tree: {stats.describe(human(stats.bytes))}; verity: {verity}")
     summary = report(measurements, bench.details, image_bytes=sealed["size"], nblocks=nblocks)
-    data = {
-        "benchmark": "image_realm",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
+    body = {
         "config": {
             "tree_mb": args.tree_mb,
             "runs": args.runs,
@@ -432,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fs": args.fs,
             "seed": args.seed,
             "image_bytes": image_size,
-            "realms_command": [Path(a).name for a in bench.realms[:1]] + bench.realms[1:],
+            "realms_command": recorded_command(bench.realms),
             "realms_source": realms_code,
         },
         "commands": {
@@ -456,11 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "setup_seconds": {k: round(v, 1) for k, v in setup.items()},
         **summary,
-        "total_seconds": round(time.perf_counter() - started, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nresults written to {args.output}")
+    write_results(args.output, record("image_realm", machine, body, started))
     return 0
 
 

@@ -34,38 +34,43 @@ directory. Run it from the repository root::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common import (
-    GIB,
-    MIB,
     RESULTS_DIR,
+    SCRATCH_TOOLS,
+    SIZES,
+    STORE_DIR,
+    BenchBase,
+    GeneratedTrees,
     Measurement,
-    TreeStats,
-    compile_realms,
+    add_output_option,
+    add_two_tree_options,
+    check_counts,
     format_ratio,
-    generate_tree,
-    human,
+    import_two_trees,
     log,
     machine_info,
     measure,
-    missing_tools,
-    print_table,
-    ratio,
+    prepare_run,
+    print_targets,
+    print_two_tree_table,
     realms_command,
+    record,
+    recorded_command,
+    rounded,
     run,
     scratch_btrfs,
-    settle,
-    stop_on_signals,
+    scratch_size,
+    target_line,
     timed,
-    tree_stats,
+    two_tree_config,
+    write_results,
 )
 
 RESULTS = RESULTS_DIR / "realm_new.json"
@@ -73,34 +78,22 @@ RESULTS = RESULTS_DIR / "realm_new.json"
 TARGET_MS = 150.0
 TARGET_RATIO = 1.2
 
-STORE_DIR = "store"
-
 
 # Measurements
 
 
 @dataclass
-class Bench:
-    mountpoint: Path
-    realms: list[str]
+class Bench(BenchBase):
     env: dict[str, str]
     warmup: int
-    trees: dict[str, Path] = field(default_factory=dict)  # "small"/"large" -> appimg tree
-    counter: int = 0
 
     @property
     def store(self) -> Path:
         return self.mountpoint / STORE_DIR
 
-    def fresh(self, prefix: str) -> str:
-        self.counter += 1
-        return f"{prefix}{self.counter}"
-
-    def settle(self) -> None:
-        settle(self.mountpoint)
-
-    def realms_cmd(self, *args: str) -> list[str]:
-        return [*self.realms, "-q", *args]
+    def tree(self, size: str) -> Path:
+        """The tree of appimg ``small`` or ``large`` (its only version)."""
+        return self.store / "appimg" / size / "v1"
 
     def realms_new(self, size: str) -> Callable[[int], float]:
         def sample(_run: int) -> float:
@@ -116,7 +109,7 @@ class Bench:
         def sample(_run: int) -> float:
             target = self.mountpoint / self.fresh("snapshot")
             self.settle()
-            elapsed = timed(["btrfs", "subvolume", "snapshot", self.trees[size], target])
+            elapsed = timed(["btrfs", "subvolume", "snapshot", self.tree(size), target])
             run(["btrfs", "subvolume", "delete", target])
             return elapsed
 
@@ -128,7 +121,7 @@ class Bench:
             holder = self.mountpoint / self.fresh("copy")
             run(["btrfs", "subvolume", "create", holder])
             self.settle()
-            elapsed = timed(["cp", "-a", *options, self.trees[size], holder / "tree"])
+            elapsed = timed(["cp", "-a", *options, self.tree(size), holder / "tree"])
             run(["btrfs", "subvolume", "delete", holder])
             return elapsed
 
@@ -148,78 +141,42 @@ class Bench:
 # Report
 
 
-def report(
-    measurements: list[Measurement], stats: dict[str, TreeStats], labels: dict[str, str]
-) -> dict[str, Any]:
-    by_key = {(m.method, m.size): m for m in measurements}
-    new = {size: by_key[("realms new", size)].median for size in ("small", "large")}
-    rows = []
-    results = []
-    scaling: dict[str, float | None] = {}
-    for m in measurements:
-        versus = ratio(m.median, new[m.size]) if m.size in new else None
-        large_over_small = None
-        if m.size == "large" and (m.method, "small") in by_key:
-            large_over_small = ratio(m.median, by_key[(m.method, "small")].median)
-            scaling[m.method] = large_over_small
-        rows.append(
-            [
-                m.method,
-                labels.get(m.size, "-"),
-                f"{m.median:.1f}",
-                f"{min(m.samples):.1f}",
-                f"{max(m.samples):.1f}",
-                format_ratio(versus),
-                format_ratio(large_over_small),
-            ]
-        )
-        results.append(
-            {
-                "method": m.method,
-                "size": m.size,
-                "runs": m.runs,
-                "samples_ms": [round(s, 3) for s in m.samples],
-                "median_ms": round(m.median, 3),
-                "min_ms": round(min(m.samples), 3),
-                "max_ms": round(max(m.samples), 3),
-                "vs_realms_new": None if versus is None else round(versus, 3),
-            }
-        )
-    print()
-    for size in ("small", "large"):
-        s = stats[size]
-        print(
-            f"{size}: {labels[size]} ({s.bytes} bytes), {s.files} files, "
-            f"{s.directories} directories, {s.symlinks} symlinks"
-        )
-    print()
-    print_table(
-        ["method", "tree", "median ms", "min ms", "max ms", "vs realms new", "large/small"],
-        rows,
+def report(measurements: list[Measurement], trees: GeneratedTrees) -> dict[str, Any]:
+    results, scaling = print_two_tree_table(
+        measurements,
+        trees,
+        baseline="realms new",
+        versus_title="vs realms new",
+        versus_key="vs_realms_new",
     )
+    new = {m.size: m.median for m in measurements if m.method == "realms new"}
+    labels = trees.labels
     new_ratio = scaling.get("realms new")
     small_met = new["small"] < TARGET_MS
     large_met = new["large"] < TARGET_MS
     ratio_met = new_ratio is not None and new_ratio < TARGET_RATIO
-    print()
-    print("targets:")
-    print(
-        f"  realms new median < {TARGET_MS:.0f} ms, {labels['small']}: {new['small']:.1f} ms: "
-        f"{'met' if small_met else 'NOT met'}"
-    )
-    print(
-        f"  realms new median < {TARGET_MS:.0f} ms, {labels['large']}: {new['large']:.1f} ms: "
-        f"{'met' if large_met else 'NOT met'}"
-    )
-    print(
-        f"  realms new large/small ratio < {TARGET_RATIO}: {format_ratio(new_ratio)}: "
-        f"{'met' if ratio_met else 'NOT met'}"
+    print_targets(
+        [
+            target_line(
+                f"realms new median < {TARGET_MS:.0f} ms, {labels['small']}",
+                f"{new['small']:.1f} ms",
+                small_met,
+            ),
+            target_line(
+                f"realms new median < {TARGET_MS:.0f} ms, {labels['large']}",
+                f"{new['large']:.1f} ms",
+                large_met,
+            ),
+            target_line(
+                f"realms new large/small ratio < {TARGET_RATIO}",
+                format_ratio(new_ratio),
+                ratio_met,
+            ),
+        ]
     )
     return {
         "results": results,
-        "ratios_large_over_small": {
-            k: None if v is None else round(v, 3) for k, v in scaling.items()
-        },
+        "ratios_large_over_small": {k: rounded(v, 3) for k, v in scaling.items()},
         "targets": {
             "realms_new_median_ms_below": TARGET_MS,
             "ratio_large_over_small_below": TARGET_RATIO,
@@ -239,43 +196,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Time 'realms new' against a bare btrfs snapshot and cp -a, on appimgs of "
         "about 200 MiB and 2 GiB.",
     )
-    parser.add_argument("--small-mb", type=int, default=200, help="small tree, MiB (200)")
-    parser.add_argument("--large-mb", type=int, default=2048, help="large tree, MiB (2048)")
-    parser.add_argument(
-        "--runs", type=int, default=7, help="timed runs of realms new and snapshot (7)"
-    )
-    parser.add_argument("--copy-runs", type=int, default=3, help="timed runs of cp -a (3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each first (1)")
-    parser.add_argument(
-        "--image-gb",
-        type=int,
-        default=0,
-        help="size of the sparse btrfs image, GiB (default: enough for the trees, at least 8)",
-    )
-    parser.add_argument("--seed", type=int, default=1, help="seed of the tree layout (1)")
-    parser.add_argument(
-        "--output", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})"
-    )
+    add_two_tree_options(parser, runs_of="realms new and snapshot")
+    add_output_option(parser, RESULTS)
     args = parser.parse_args(argv)
-    if min(args.small_mb, args.large_mb, args.runs, args.copy_runs) < 1 or args.warmup < 0:
-        parser.error("sizes and runs must be positive")
+    check_counts(parser, (args.small_mb, args.large_mb, args.runs, args.copy_runs), args.warmup)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        log("this benchmark needs root: it makes and mounts a btrfs filesystem")
+    if not prepare_run((*SCRATCH_TOOLS, "cp")):
         return 2
-    for tool in missing_tools(
-        ("mkfs.btrfs", "btrfs", "mount", "umount", "losetup", "findmnt", "cp")
-    ):
-        log(f"{tool} is not installed")
-        return 2
-    stop_on_signals()
-    compile_realms()
-    targets_mb = {"small": args.small_mb, "large": args.large_mb}
-    image_size = (args.image_gb * GIB) or max(8 * GIB, 4 * (args.small_mb + args.large_mb) * MIB)
+    image_size = scratch_size(args.image_gb, 4 * (args.small_mb + args.large_mb))
     started = time.perf_counter()
     try:
         with scratch_btrfs(image_size) as mountpoint:
@@ -283,45 +215,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             bench = Bench(mountpoint, realms_command(), env, args.warmup)
             machine = machine_info(mountpoint.parent)
             run(bench.realms_cmd("init"), env)
-            stats: dict[str, TreeStats] = {}
-            phases: dict[str, dict[str, float]] = {}
-            for size, megabytes in targets_mb.items():
-                source = mountpoint / f"source-{size}"
-                run(["btrfs", "subvolume", "create", source])
-                start = time.perf_counter()
-                generate_tree(source, megabytes * MIB, args.seed)
-                run(["sync"])
-                generated = time.perf_counter() - start
-                start = time.perf_counter()
-                run(bench.realms_cmd("appimg", "import", size, str(source)), env)
-                imported = time.perf_counter() - start
-                run(["btrfs", "subvolume", "delete", source])
-                bench.trees[size] = bench.store / "appimg" / size / "v1"
-                stats[size] = tree_stats(bench.trees[size])
-                phases[size] = {
-                    "generate_seconds": round(generated, 2),
-                    "import_seconds": round(imported, 2),
-                }
-                log(
-                    f"tree {size}: {human(stats[size].bytes)}, {stats[size].files} files, "
-                    f"{stats[size].directories} directories; generated in {generated:.1f} s, "
-                    f"imported in {imported:.1f} s"
-                )
-            labels = {size: human(stats[size].bytes) for size in stats}
+            trees = import_two_trees(
+                bench,
+                env,
+                {"small": args.small_mb, "large": args.large_mb},
+                args.seed,
+                tree_of=bench.tree,
+            )
             measurements = [
                 Measurement("realms --version", "-", args.runs, bench.startup()),
                 *(
                     Measurement("realms new", size, args.runs, bench.realms_new(size))
-                    for size in ("small", "large")
+                    for size in SIZES
                 ),
                 *(
                     Measurement("btrfs snapshot", size, args.runs, bench.snapshot(size))
-                    for size in ("small", "large")
+                    for size in SIZES
                 ),
-                *(
-                    Measurement("cp -a", size, args.copy_runs, bench.copy(size))
-                    for size in ("small", "large")
-                ),
+                *(Measurement("cp -a", size, args.copy_runs, bench.copy(size)) for size in SIZES),
                 *(
                     Measurement(
                         "cp -a --reflink=never",
@@ -329,27 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         args.copy_runs,
                         bench.copy(size, "--reflink=never"),
                     )
-                    for size in ("small", "large")
+                    for size in SIZES
                 ),
             ]
             bench.measure(measurements)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
-    summary = report(measurements, stats, labels)
-    data = {
-        "benchmark": "realm_new",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
+    summary = report(measurements, trees)
+    body = {
         "config": {
-            "small_mb": args.small_mb,
-            "large_mb": args.large_mb,
-            "runs": args.runs,
-            "copy_runs": args.copy_runs,
-            "warmup": args.warmup,
-            "seed": args.seed,
-            "image_bytes": image_size,
-            "realms_command": [Path(a).name if i == 0 else a for i, a in enumerate(bench.realms)],
+            **two_tree_config(args, image_size),
+            "realms_command": recorded_command(bench.realms),
         },
         "commands": {
             "realms --version": "realms --version",
@@ -358,15 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cp -a": "cp -a STORE/appimg/{small,large}/v1 DEST",
             "cp -a --reflink=never": "cp -a --reflink=never STORE/appimg/{small,large}/v1 DEST",
         },
-        "trees": {
-            size: {"label": labels[size], **stats[size].to_json(), **phases[size]} for size in stats
-        },
+        "trees": trees.to_json(),
         **summary,
-        "total_seconds": round(time.perf_counter() - started, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(data, indent=2) + "\n")
-    print(f"\nresults written to {args.output}")
+    write_results(args.output, record("realm_new", machine, body, started), ensure_ascii=True)
     return 0
 
 

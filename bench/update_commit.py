@@ -65,40 +65,49 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common import (
-    GIB,
-    MIB,
     RESULTS_DIR,
+    SCRATCH_TOOLS,
+    SIZES,
+    STORE_DIR,
+    BenchBase,
+    GeneratedTrees,
     Measurement,
-    TreeStats,
-    compile_realms,
+    add_output_option,
+    add_two_tree_options,
+    check_counts,
+    detail_medians,
     format_ratio,
-    generate_tree,
-    human,
+    import_two_trees,
+    load_average,
     log,
     machine_info,
     measure,
-    missing_tools,
+    prepare_run,
     print_table,
+    print_targets,
+    print_two_tree_table,
     ratio,
     realms_command,
     realms_source,
+    record,
+    recorded_command,
+    rounded,
     run,
     scratch_btrfs,
-    settle,
-    stop_on_signals,
+    scratch_size,
+    target_line,
     timed,
     timeline,
     tool_version,
-    tree_stats,
+    two_tree_config,
+    write_results,
 )
 
 RESULTS = RESULTS_DIR / "update_commit.json"
@@ -106,7 +115,6 @@ RESULTS = RESULTS_DIR / "update_commit.json"
 TARGET_RATIO = 1.2
 KEEP_VERSIONS = 2
 
-STORE_DIR = "store"
 APPLETS = ("sh", "touch", "true", "echo")
 MARK = "realms-bench: command done"
 
@@ -173,32 +181,11 @@ def phases_of(elapsed: float, lines: list[tuple[float, str]]) -> dict[str, float
 
 
 @dataclass
-class Bench:
-    mountpoint: Path
-    realms: list[str]
+class Bench(BenchBase):
+    """Its details are kept per (method, size)."""
+
     env: dict[str, str]
     warmup: int
-    counter: int = 0
-    details: dict[tuple[str, str], list[dict[str, float]]] = field(default_factory=dict)
-    """Per (method, size): what each timed run measured besides its sample."""
-
-    @property
-    def store(self) -> Path:
-        return self.mountpoint / STORE_DIR
-
-    def fresh(self, prefix: str) -> str:
-        self.counter += 1
-        return f"{prefix}{self.counter}"
-
-    def settle(self) -> None:
-        settle(self.mountpoint)
-
-    def realms_cmd(self, *args: str, flag: str = "-q") -> list[str]:
-        return [*self.realms, flag, *args]
-
-    def note(self, method: str, size: str, run_number: int, detail: dict[str, float]) -> None:
-        if run_number >= 0:  # warm-up runs are not kept
-            self.details.setdefault((method, size), []).append(detail)
 
     def current(self, name: str) -> tuple[int, Path]:
         """The current version of appimg ``name`` and its tree (untimed): the version from the
@@ -246,7 +233,7 @@ class Bench:
             )
             self.check_and_prune(size, before, marker)
             phases = phases_of(elapsed, lines)
-            self.note(COMMIT, size, run_number, phases)
+            self.note((COMMIT, size), run_number, phases)
             return phases["command_done_to_committed_ms"]
 
         return sample
@@ -275,7 +262,7 @@ class Bench:
             made = timed(["btrfs", "subvolume", "snapshot", "-r", tree, target])
             synced = timed(["sync", "--file-system", target])
             run(["btrfs", "subvolume", "delete", target])
-            self.note(SNAPSHOT, size, run_number, {"make_ms": made, "sync_ms": synced})
+            self.note((SNAPSHOT, size), run_number, {"make_ms": made, "sync_ms": synced})
             return made + synced
 
         return sample
@@ -290,7 +277,7 @@ class Bench:
             made = timed(["cp", "-a", *options, tree, holder / "tree"])
             synced = timed(["sync", "--file-system", holder / "tree"])
             run(["btrfs", "subvolume", "delete", holder])
-            self.note(method, size, run_number, {"make_ms": made, "sync_ms": synced})
+            self.note((method, size), run_number, {"make_ms": made, "sync_ms": synced})
             return made + synced
 
         return sample
@@ -306,70 +293,32 @@ class Bench:
 # Report
 
 
-def detail_medians(details: list[dict[str, float]]) -> dict[str, float]:
-    if not details:
-        return {}
-    return {key: statistics.median(d[key] for d in details) for key in details[0]}
+def shown_as(method: str) -> str:
+    """A method's name in the table: the copies and the snapshot are timed with their sync."""
+    return method + (" + sync" if method in (SNAPSHOT, COPY, FULL_COPY) else "")
 
 
 def report(
     measurements: list[Measurement],
     details: dict[tuple[str, str], list[dict[str, float]]],
-    stats: dict[str, TreeStats],
-    labels: dict[str, str],
+    trees: GeneratedTrees,
 ) -> dict[str, Any]:
-    by_key = {(m.method, m.size): m for m in measurements}
-    whole = {size: by_key[(UPDATE, size)].median for size in ("small", "large")}
-    rows = []
-    results = []
-    scaling: dict[str, float | None] = {}
-    for m in measurements:
-        versus = ratio(m.median, whole[m.size]) if m.size in whole else None
-        large_over_small = None
-        if m.size == "large" and (m.method, "small") in by_key:
-            large_over_small = ratio(m.median, by_key[(m.method, "small")].median)
-            scaling[m.method] = large_over_small
-        method = m.method + (" + sync" if m.method in (SNAPSHOT, COPY, FULL_COPY) else "")
-        rows.append(
-            [
-                method,
-                labels.get(m.size, "-"),
-                f"{m.median:.1f}",
-                f"{min(m.samples):.1f}",
-                f"{max(m.samples):.1f}",
-                format_ratio(versus),
-                format_ratio(large_over_small),
-            ]
-        )
-        entry: dict[str, Any] = {
-            "method": m.method,
-            "size": m.size,
-            "runs": m.runs,
-            "samples_ms": [round(s, 3) for s in m.samples],
-            "median_ms": round(m.median, 3),
-            "min_ms": round(min(m.samples), 3),
-            "max_ms": round(max(m.samples), 3),
-            "vs_realms_update_appimg": None if versus is None else round(versus, 3),
-        }
-        if (m.method, m.size) in details:
-            runs = details[(m.method, m.size)]
+    results, scaling = print_two_tree_table(
+        measurements,
+        trees,
+        baseline=UPDATE,
+        versus_title="vs update-appimg",
+        versus_key="vs_realms_update_appimg",
+        shown_as=shown_as,
+    )
+    for entry in results:
+        if (entry["method"], entry["size"]) in details:
+            runs = details[(entry["method"], entry["size"])]
             entry["details"] = [{k: round(v, 3) for k, v in d.items()} for d in runs]
             entry["details_median"] = {k: round(v, 3) for k, v in detail_medians(runs).items()}
-        results.append(entry)
+    labels = trees.labels
     print()
-    for size in ("small", "large"):
-        s = stats[size]
-        print(
-            f"{size}: {labels[size]} ({s.bytes} bytes), {s.files} files, "
-            f"{s.directories} directories, {s.symlinks} symlinks"
-        )
-    print()
-    print_table(
-        ["method", "tree", "median ms", "min ms", "max ms", "vs update-appimg", "large/small"],
-        rows,
-    )
-    print()
-    medians = {size: detail_medians(details[(COMMIT, size)]) for size in ("small", "large")}
+    medians = {size: detail_medians(details[(COMMIT, size)]) for size in SIZES}
     phase_rows = []
     for key, title in PHASES:
         small, large = medians["small"][key], medians["large"][key]
@@ -390,21 +339,23 @@ def report(
     commit_ratio = scaling.get(COMMIT)
     update_met = update_ratio is not None and update_ratio < TARGET_RATIO
     commit_met = commit_ratio is not None and commit_ratio < TARGET_RATIO
-    print()
-    print("targets:")
-    print(
-        f"  {UPDATE} large/small ratio < {TARGET_RATIO}: {format_ratio(update_ratio)}: "
-        f"{'met' if update_met else 'NOT met'}"
-    )
-    print(
-        f"  {COMMIT} large/small ratio < {TARGET_RATIO}: {format_ratio(commit_ratio)}: "
-        f"{'met' if commit_met else 'NOT met'}"
+    print_targets(
+        [
+            target_line(
+                f"{UPDATE} large/small ratio < {TARGET_RATIO}",
+                format_ratio(update_ratio),
+                update_met,
+            ),
+            target_line(
+                f"{COMMIT} large/small ratio < {TARGET_RATIO}",
+                format_ratio(commit_ratio),
+                commit_met,
+            ),
+        ]
     )
     return {
         "results": results,
-        "ratios_large_over_small": {
-            k: None if v is None else round(v, 3) for k, v in scaling.items()
-        },
+        "ratios_large_over_small": {k: rounded(v, 3) for k, v in scaling.items()},
         "targets": {
             "ratio_large_over_small_below": TARGET_RATIO,
             "update_appimg_ratio_met": update_met,
@@ -422,43 +373,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Time committing 'realms update-appimg' against a bare btrfs snapshot and "
         "cp -a, on appimgs of about 200 MiB and 2 GiB.",
     )
-    parser.add_argument("--small-mb", type=int, default=200, help="small tree, MiB (200)")
-    parser.add_argument("--large-mb", type=int, default=2048, help="large tree, MiB (2048)")
-    parser.add_argument(
-        "--runs", type=int, default=7, help="timed runs of realms and of the snapshot (7)"
-    )
-    parser.add_argument("--copy-runs", type=int, default=3, help="timed runs of cp -a (3)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each first (1)")
-    parser.add_argument(
-        "--image-gb",
-        type=int,
-        default=0,
-        help="size of the sparse btrfs image, GiB (default: enough for the trees, at least 8)",
-    )
-    parser.add_argument("--seed", type=int, default=1, help="seed of the tree layout (1)")
-    parser.add_argument(
-        "--output", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})"
-    )
+    add_two_tree_options(parser, runs_of="realms and of the snapshot")
+    add_output_option(parser, RESULTS)
     args = parser.parse_args(argv)
-    if min(args.small_mb, args.large_mb, args.runs, args.copy_runs) < 1 or args.warmup < 0:
-        parser.error("sizes and runs must be positive")
+    check_counts(parser, (args.small_mb, args.large_mb, args.runs, args.copy_runs), args.warmup)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        log("this benchmark needs root: it makes and mounts a btrfs filesystem")
+    if not prepare_run((*SCRATCH_TOOLS, "cp", "sync", "systemd-nspawn", "busybox")):
         return 2
-    tools = ("mkfs.btrfs", "btrfs", "mount", "umount", "losetup", "findmnt", "cp", "sync")
-    for tool in missing_tools((*tools, "systemd-nspawn", "busybox")):
-        log(f"{tool} is not installed")
-        return 2
-    stop_on_signals()
-    compile_realms()
     realms_code = realms_source()
-    targets_mb = {"small": args.small_mb, "large": args.large_mb}
-    image_size = (args.image_gb * GIB) or max(8 * GIB, 4 * (args.small_mb + args.large_mb) * MIB)
+    image_size = scratch_size(args.image_gb, 4 * (args.small_mb + args.large_mb))
     started = time.perf_counter()
     try:
         with scratch_btrfs(image_size) as mountpoint:
@@ -467,46 +394,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             machine = machine_info(mountpoint.parent)
             machine["systemd_nspawn"] = tool_version(["systemd-nspawn", "--version"])
             # Other work on the machine shows in the spread; keep a trace of it.
-            machine["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
+            machine["load_average_at_start"] = load_average()
             run(bench.realms_cmd("init"), env)
-            stats: dict[str, TreeStats] = {}
-            phases: dict[str, dict[str, float]] = {}
-            for size, megabytes in targets_mb.items():
-                source = mountpoint / f"source-{size}"
-                run(["btrfs", "subvolume", "create", source])
-                start = time.perf_counter()
-                generate_tree(source, megabytes * MIB, args.seed)
-                add_busybox(source)
-                run(["sync"])
-                generated = time.perf_counter() - start
-                start = time.perf_counter()
-                run(bench.realms_cmd("appimg", "import", size, str(source)), env)
-                imported = time.perf_counter() - start
-                run(["btrfs", "subvolume", "delete", source])
-                stats[size] = tree_stats(bench.current(size)[1])
-                phases[size] = {
-                    "generate_seconds": round(generated, 2),
-                    "import_seconds": round(imported, 2),
-                }
-                log(
-                    f"tree {size}: {human(stats[size].bytes)}, {stats[size].files} files, "
-                    f"{stats[size].directories} directories; generated in {generated:.1f} s, "
-                    f"imported in {imported:.1f} s"
-                )
-            labels = {size: human(stats[size].bytes) for size in stats}
-            sizes = ("small", "large")
+            trees = import_two_trees(
+                bench,
+                env,
+                {"small": args.small_mb, "large": args.large_mb},
+                args.seed,
+                tree_of=lambda size: bench.current(size)[1],
+                extra=add_busybox,
+            )
             measurements = [
                 Measurement(STARTUP, "-", args.runs, bench.startup()),
-                *(Measurement(UPDATE, size, args.runs, bench.update(size)) for size in sizes),
-                *(Measurement(COMMIT, size, args.runs, bench.commit(size)) for size in sizes),
+                *(Measurement(UPDATE, size, args.runs, bench.update(size)) for size in SIZES),
+                *(Measurement(COMMIT, size, args.runs, bench.commit(size)) for size in SIZES),
                 *(
                     Measurement(FIRST_SYNC, size, args.runs, bench.first_sync(size))
-                    for size in sizes
+                    for size in SIZES
                 ),
-                *(Measurement(SNAPSHOT, size, args.runs, bench.snapshot(size)) for size in sizes),
+                *(Measurement(SNAPSHOT, size, args.runs, bench.snapshot(size)) for size in SIZES),
                 *(
                     Measurement(COPY, size, args.copy_runs, bench.copy(COPY, size))
-                    for size in sizes
+                    for size in SIZES
                 ),
                 *(
                     Measurement(
@@ -515,30 +424,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                         args.copy_runs,
                         bench.copy(FULL_COPY, size, "--reflink=never"),
                     )
-                    for size in sizes
+                    for size in SIZES
                 ),
             ]
             measure(measurements, args.warmup, mountpoint)
-            final = {size: bench.current(size)[0] for size in sizes}
-            machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+            final = {size: bench.current(size)[0] for size in SIZES}
+            machine["load_average_at_end"] = load_average()
     except KeyboardInterrupt:
         log("interrupted")
         return 130
-    summary = report(measurements, bench.details, stats, labels)
-    data = {
-        "benchmark": "update_commit",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
+    summary = report(measurements, bench.details, trees)
+    body = {
         "config": {
-            "small_mb": args.small_mb,
-            "large_mb": args.large_mb,
-            "runs": args.runs,
-            "copy_runs": args.copy_runs,
-            "warmup": args.warmup,
-            "seed": args.seed,
-            "image_bytes": image_size,
+            **two_tree_config(args, image_size),
             "keep_versions": KEEP_VERSIONS,
-            "realms_command": [Path(a).name if i == 0 else a for i, a in enumerate(bench.realms)],
+            "realms_command": recorded_command(bench.realms),
             "realms_source": realms_code,
         },
         "commands": {
@@ -560,16 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"realms appimg prune NAME --keep {KEEP_VERSIONS}"
             ),
         },
-        "trees": {
-            size: {"label": labels[size], **stats[size].to_json(), **phases[size]} for size in stats
-        },
+        "trees": trees.to_json(),
         "final_versions": final,
         **summary,
-        "total_seconds": round(time.perf_counter() - started, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nresults written to {args.output}")
+    write_results(args.output, record("update_commit", machine, body, started))
     return 0
 
 

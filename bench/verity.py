@@ -68,45 +68,58 @@ import re
 import resource
 import secrets
 import statistics
-import subprocess
 import sys
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from common import (
     GIB,
     MIB,
     RESULTS_DIR,
+    SCRATCH_TOOLS,
+    STORE_DIR,
+    BenchBase,
     Measurement,
-    compile_realms,
+    add_image_option,
+    add_output_option,
+    check_counts,
+    detail_medians,
     format_ratio,
+    format_seconds,
     human,
     load_average,
     log,
     machine_cpu_ms,
     machine_info,
     measure,
-    missing_tools,
+    mmdebstrap_argv,
+    piped,
+    prepare_run,
     print_table,
+    print_targets,
     ratio,
     realms_command,
     realms_source,
+    record,
+    recorded_command,
+    rounded,
     run,
     scratch_btrfs,
-    settle,
     step_times,
-    stop_on_signals,
+    target_line,
     timeline,
+    timing_cells,
+    timing_json,
     tool_version,
     tree_stats,
+    write_results,
 )
 from realms.builder.config import load
-from realms.image.verity import BLOCK_SIZE, format_hash_tree, verify_hash_tree
+from realms.image.verity import BLOCK_SIZE, VerityCheck, format_hash_tree, verify_hash_tree
 from realms.system import apt
 
 RESULTS = RESULTS_DIR / "verity.json"
@@ -114,7 +127,6 @@ RESULTS = RESULTS_DIR / "verity.json"
 TARGET_RATIO = 1.3
 TARGET_MEMORY_GROWTH = 1 * MIB
 
-STORE_DIR = "store"
 APPIMG = "base"
 CHANNEL = "realmfs-user"
 WRITE_CHUNK = 16 * MIB
@@ -150,6 +162,8 @@ _ROOT_HASH = re.compile(r"^Root hash:\s+([0-9a-f]{64})$", re.MULTILINE)
 _HASH_STEP = re.compile(r"Computing the dm-verity hash tree of (\d+) blocks")
 _FS_STEP = re.compile(r"Making the \w+ filesystem")
 
+T = TypeVar("T")
+
 
 def write_random(path: Path, size: int) -> None:
     with open(path, "wb") as handle:
@@ -165,19 +179,9 @@ def child_usage(argv: Sequence[str | Path]) -> tuple[float, float, str]:
     wait4) in milliseconds, and its output (stdout and stderr in one pipe)."""
     command = [str(arg) for arg in argv]
     start = time.perf_counter()
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    assert process.stdout is not None
-    try:
-        output = process.stdout.read()
+    with piped(command) as (process, pipe):
+        output = pipe.read()
         _, status, usage = os.wait4(process.pid, 0)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    finally:
-        process.stdout.close()
     elapsed = (time.perf_counter() - start) * 1000
     process.returncode = os.waitstatus_to_exitcode(status)
     text = output.decode(errors="replace")
@@ -192,6 +196,16 @@ def self_cpu_ms() -> float:
     return (usage.ru_utime + usage.ru_stime) * 1000
 
 
+def in_process(call: Callable[[], T]) -> tuple[float, float, T]:
+    """Call ``call`` in this process; return its wall time and the CPU time (user + system, all
+    threads) this process used meanwhile, in milliseconds, and what it returned."""
+    cpu = self_cpu_ms()
+    start = time.perf_counter()
+    result = call()
+    elapsed = (time.perf_counter() - start) * 1000
+    return elapsed, self_cpu_ms() - cpu, result
+
+
 def hash_area_digest(path: Path, offset: int) -> str:
     """A digest of everything from ``offset`` to the end of the file (the hash area)."""
     digest = hashlib.sha256()
@@ -203,9 +217,7 @@ def hash_area_digest(path: Path, offset: int) -> str:
 
 
 @dataclass
-class Bench:
-    mountpoint: Path
-    realms: list[str]
+class Bench(BenchBase):
     data: Path
     blocks: int
     salt: bytes
@@ -213,7 +225,6 @@ class Bench:
     root: str = ""
     """The root hash (hex) both tools compute for the data."""
     env: dict[str, str] = field(default_factory=dict)
-    details: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def hash_offset(self) -> int:
@@ -223,12 +234,18 @@ class Bench:
     def store(self) -> Path:
         return self.mountpoint / STORE_DIR
 
-    def settle(self) -> None:
-        settle(self.mountpoint)
-
-    def note(self, method: str, run_number: int, detail: dict[str, Any]) -> None:
-        if run_number >= 0:  # warm-up runs are not kept
-            self.details.setdefault(method, []).append(detail)
+    def with_cpu(
+        self, method: str, run_number: int, timed_call: Callable[[], tuple[float, float, T]]
+    ) -> tuple[float, T]:
+        """A timed run after :meth:`settle`: ``timed_call`` returns its wall and CPU time (ms)
+        and a result. Notes the wall time, the CPU time and the CPU time the rest of the machine
+        used meanwhile; returns the wall time and the result."""
+        self.settle()
+        machine = machine_cpu_ms()
+        elapsed, cpu, result = timed_call()
+        other = machine_cpu_ms() - machine - cpu
+        self.note(method, run_number, {"wall_ms": elapsed, "cpu_ms": cpu, "other_cpu_ms": other})
+        return elapsed, result
 
     # Throughput
 
@@ -242,6 +259,16 @@ class Bench:
             uuid=self.uuid.bytes,
         )
         return root.hex()
+
+    def ours_verify(self) -> VerityCheck:
+        return verify_hash_tree(
+            self.data,
+            data_offset=0,
+            data_blocks=self.blocks,
+            hash_offset=self.hash_offset,
+            root=bytes.fromhex(self.root),
+            salt=self.salt,
+        )
 
     def vs_format_argv(self) -> list[str]:
         return [
@@ -278,65 +305,37 @@ class Bench:
 
     def format_ours(self) -> Callable[[int], float]:
         def sample(run_number: int) -> float:
-            self.settle()
-            machine, cpu = machine_cpu_ms(), self_cpu_ms()
-            start = time.perf_counter()
-            root = self.ours_format()
-            elapsed = (time.perf_counter() - start) * 1000
-            cpu = self_cpu_ms() - cpu
-            other = machine_cpu_ms() - machine - cpu
+            elapsed, root = self.with_cpu(
+                OURS_FORMAT, run_number, lambda: in_process(self.ours_format)
+            )
             if root != self.root:
                 raise RuntimeError(f"format_hash_tree: root hash {root}, expected {self.root}")
-            self.note(
-                OURS_FORMAT, run_number, {"wall_ms": elapsed, "cpu_ms": cpu, "other_cpu_ms": other}
-            )
             return elapsed
 
         return sample
 
     def format_theirs(self) -> Callable[[int], float]:
         def sample(run_number: int) -> float:
-            self.settle()
-            machine = machine_cpu_ms()
-            elapsed, cpu, root = self.vs_format()
-            other = machine_cpu_ms() - machine - cpu
+            elapsed, root = self.with_cpu(VS_FORMAT, run_number, self.vs_format)
             if root != self.root:
                 raise RuntimeError(f"veritysetup format: root hash {root}, expected {self.root}")
-            self.note(
-                VS_FORMAT, run_number, {"wall_ms": elapsed, "cpu_ms": cpu, "other_cpu_ms": other}
-            )
             return elapsed
 
         return sample
 
     def verify_ours(self) -> Callable[[int], float]:
         def sample(run_number: int) -> float:
-            self.settle()
-            machine, cpu = machine_cpu_ms(), self_cpu_ms()
-            start = time.perf_counter()
-            result = verify_hash_tree(
-                self.data,
-                data_offset=0,
-                data_blocks=self.blocks,
-                hash_offset=self.hash_offset,
-                root=bytes.fromhex(self.root),
-                salt=self.salt,
+            elapsed, result = self.with_cpu(
+                OURS_VERIFY, run_number, lambda: in_process(self.ours_verify)
             )
-            elapsed = (time.perf_counter() - start) * 1000
-            cpu = self_cpu_ms() - cpu
-            other = machine_cpu_ms() - machine - cpu
             if not result.ok:
                 raise RuntimeError(f"verify_hash_tree failed: {result.message}")
-            self.note(
-                OURS_VERIFY, run_number, {"wall_ms": elapsed, "cpu_ms": cpu, "other_cpu_ms": other}
-            )
             return elapsed
 
         return sample
 
     def verify_theirs(self) -> Callable[[int], float]:
         def sample(run_number: int) -> float:
-            self.settle()
             argv: list[str | Path] = [
                 "veritysetup",
                 "verify",
@@ -345,12 +344,7 @@ class Bench:
                 self.root,
                 f"--hash-offset={self.hash_offset}",
             ]
-            machine = machine_cpu_ms()
-            elapsed, cpu, _ = child_usage(argv)
-            other = machine_cpu_ms() - machine - cpu
-            self.note(
-                VS_VERIFY, run_number, {"wall_ms": elapsed, "cpu_ms": cpu, "other_cpu_ms": other}
-            )
+            elapsed, _ = self.with_cpu(VS_VERIFY, run_number, lambda: child_usage(argv))
             return elapsed
 
         return sample
@@ -471,9 +465,7 @@ def report(
         rows.append(
             [
                 m.method,
-                f"{m.median:.1f}",
-                f"{min(m.samples):.1f}",
-                f"{max(m.samples):.1f}",
+                *timing_cells(m),
                 f"{statistics.median(cpu):.0f}" if cpu else "-",
                 f"{max(other):.0f}" if other else "-",
                 "-" if throughput is None else f"{throughput:.2f}",
@@ -482,16 +474,11 @@ def report(
         )
         results.append(
             {
-                "method": m.method,
-                "runs": m.runs,
-                "samples_ms": [round(s, 2) for s in m.samples],
-                "median_ms": round(m.median, 2),
-                "min_ms": round(min(m.samples), 2),
-                "max_ms": round(max(m.samples), 2),
+                **timing_json(m, 2),
                 "cpu_ms": [round(c, 1) for c in cpu],
                 "other_cpu_ms": [round(c, 1) for c in other],
-                "gb_per_s": None if throughput is None else round(throughput, 3),
-                "throughput_vs_veritysetup": None if faster is None else round(faster, 3),
+                "gb_per_s": rounded(throughput, 3),
+                "throughput_vs_veritysetup": rounded(faster, 3),
             }
         )
     print()
@@ -542,37 +529,33 @@ def report(
     seal_results = []
     for m in seals:
         runs = bench.details[m.method]
-        fs_ms = statistics.median(d["filesystem_ms"] for d in runs)
-        hash_ms = statistics.median(d["hash_tree_ms"] for d in runs)
-        rest_ms = statistics.median(d["rest_ms"] for d in runs)
-        image = int(statistics.median(d["image_bytes"] for d in runs))
-        nblocks = int(statistics.median(d["nblocks"] for d in runs))
+        medians = detail_medians(
+            runs, ("filesystem_ms", "hash_tree_ms", "rest_ms", "image_bytes", "nblocks")
+        )
+        fs_ms = medians["filesystem_ms"]
+        hash_ms = medians["hash_tree_ms"]
+        rest_ms = medians["rest_ms"]
+        image = int(medians["image_bytes"])
+        nblocks = int(medians["nblocks"])
         hash_rate = gbps(nblocks * BLOCK_SIZE, hash_ms) if hash_ms > 0 else None
         seal_rows.append(
             [
                 m.method,
-                f"{m.median / 1000:.2f}",
-                f"{min(m.samples) / 1000:.2f}",
-                f"{max(m.samples) / 1000:.2f}",
-                f"{fs_ms / 1000:.2f}",
-                f"{hash_ms / 1000:.2f}",
-                f"{rest_ms / 1000:.2f}",
+                *timing_cells(m, seconds=True),
+                format_seconds(fs_ms),
+                format_seconds(hash_ms),
+                format_seconds(rest_ms),
                 f"{image / MIB:.0f}",
                 format_ratio(ratio(image, tree["bytes"])),
             ]
         )
         seal_results.append(
             {
-                "method": m.method,
-                "runs": m.runs,
-                "samples_ms": [round(s, 1) for s in m.samples],
-                "median_ms": round(m.median, 1),
-                "min_ms": round(min(m.samples), 1),
-                "max_ms": round(max(m.samples), 1),
+                **timing_json(m, 1),
                 "filesystem_median_ms": round(fs_ms, 1),
                 "hash_tree_median_ms": round(hash_ms, 1),
                 "rest_median_ms": round(rest_ms, 1),
-                "hash_tree_gb_per_s": None if hash_rate is None else round(hash_rate, 3),
+                "hash_tree_gb_per_s": rounded(hash_rate, 3),
                 "image_bytes": image,
                 "nblocks": nblocks,
                 "details": runs,
@@ -606,20 +589,25 @@ def report(
     format_met = format_ratio_value is not None and format_ratio_value >= TARGET_RATIO
     verify_met = verify_ratio_value is not None and verify_ratio_value >= TARGET_RATIO
     memory_met = growth < TARGET_MEMORY_GROWTH
-    print()
-    print("targets:")
-    print(
-        f"  format throughput ours/veritysetup >= {TARGET_RATIO}: "
-        f"{format_ratio(format_ratio_value)}: {'met' if format_met else 'NOT met'}"
-    )
-    print(
-        f"  verify throughput ours/veritysetup >= {TARGET_RATIO}: "
-        f"{format_ratio(verify_ratio_value)}: {'met' if verify_met else 'NOT met'}"
-    )
-    print(
-        f"  format_hash_tree peak memory {memory_labels['large']} - {memory_labels['small']} "
-        f"< {TARGET_MEMORY_GROWTH / MIB:.0f} MiB: {growth / MIB:+.2f} MiB: "
-        f"{'met' if memory_met else 'NOT met'}"
+    print_targets(
+        [
+            target_line(
+                f"format throughput ours/veritysetup >= {TARGET_RATIO}",
+                format_ratio(format_ratio_value),
+                format_met,
+            ),
+            target_line(
+                f"verify throughput ours/veritysetup >= {TARGET_RATIO}",
+                format_ratio(verify_ratio_value),
+                verify_met,
+            ),
+            target_line(
+                f"format_hash_tree peak memory {memory_labels['large']} - "
+                f"{memory_labels['small']} < {TARGET_MEMORY_GROWTH / MIB:.0f} MiB",
+                f"{growth / MIB:+.2f} MiB",
+                memory_met,
+            ),
+        ]
     )
     return {
         "results": results,
@@ -663,15 +651,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seal-runs", type=int, default=3, help="timed seals per fs (3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (1)")
-    parser.add_argument(
-        "--image-gb", type=int, default=8, help="size of the sparse btrfs image, GiB (8)"
-    )
-    parser.add_argument(
-        "--output", type=Path, default=RESULTS, help=f"JSON results (default: {RESULTS})"
-    )
+    add_image_option(parser, 8)
+    add_output_option(parser, RESULTS)
     args = parser.parse_args(argv)
-    if min(args.size_mb, args.small_mb, args.runs, args.memory_runs, args.seal_runs) < 1:
-        parser.error("sizes and runs must be positive")
+    check_counts(parser, (args.size_mb, args.small_mb, args.runs, args.memory_runs, args.seal_runs))
     if args.warmup < 0 or args.small_mb >= args.size_mb:
         parser.error("--small-mb must be below --size-mb, --warmup at least 0")
     return args
@@ -679,17 +662,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if os.geteuid() != 0:
-        log("this benchmark needs root: it makes and mounts a btrfs filesystem")
+    tools = ("veritysetup", "mmdebstrap", "zstd", "mkfs.ext4", "mkfs.erofs", "/usr/bin/time")
+    if not prepare_run((*SCRATCH_TOOLS, "sync", *tools)):
         return 2
-    tools = ("mkfs.btrfs", "btrfs", "mount", "umount", "losetup", "findmnt", "sync")
-    for tool in missing_tools(
-        (*tools, "veritysetup", "mmdebstrap", "zstd", "mkfs.ext4", "mkfs.erofs", "/usr/bin/time")
-    ):
-        log(f"{tool} is not installed")
-        return 2
-    stop_on_signals()
-    compile_realms()
     realms_code = realms_source()
     config = load(None)
     mirror = apt.host_debian_mirror()
@@ -757,14 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             small.unlink()
 
             tarball = mountpoint / "root.tar.zst"
-            argv = [
-                "mmdebstrap",
-                f"--variant={config.variant}",
-                f"--include={','.join(config.packages)}",
-                config.release,
-                str(tarball),
-                mirror,
-            ]
+            argv = mmdebstrap_argv(config, tarball, mirror)
             log("making the root filesystem: " + " ".join(argv))
             start = time.perf_counter()
             run(argv)
@@ -803,10 +771,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tree=tree,
     )
     data_hash_offset = bench.hash_offset
-    result = {
-        "benchmark": "verity",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine,
+    body = {
         "config": {
             "size_mb": args.size_mb,
             "small_mb": args.small_mb,
@@ -819,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "uuid": str(bench.uuid),
             "mirror": mirror,
             "packages": config.packages,
-            "realms_command": [Path(a).name for a in bench.realms[:1]] + bench.realms[1:],
+            "realms_command": recorded_command(bench.realms),
             "realms_source": realms_code,
         },
         "commands": {
@@ -839,9 +804,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "resident set size'; the child also prints its VmHWM"
             ),
             "root filesystem": (
-                f"mmdebstrap --variant={config.variant} --include={','.join(config.packages)} "
-                f"{config.release} root.tar.zst {mirror}; realms appimg import {APPIMG} "
-                f"root.tar.zst; realms key generate {CHANNEL}; realms appimg pin {APPIMG} 1"
+                " ".join(mmdebstrap_argv(config, "root.tar.zst", mirror))
+                + f"; realms appimg import {APPIMG} root.tar.zst; realms key generate {CHANNEL}; "
+                f"realms appimg pin {APPIMG} 1"
             ),
             "seal": (
                 f"realms appimg seal {APPIMG} --fs FS --channel {CHANNEL}; untimed after it: "
@@ -852,11 +817,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tree": tree,
         "phases": phases,
         **summary,
-        "total_seconds": round(time.perf_counter() - started, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nresults written to {args.output}")
+    write_results(args.output, record("verity", machine, body, started))
     return 0
 
 
