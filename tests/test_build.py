@@ -170,7 +170,8 @@ def test_failing_builds_leave_the_store_as_it_was(build_store: Realms, tmp_path:
     config.write_text('name = "small"\npackages = ["sudo", "no-such-package-realms"]\n')
     result = realms("appimg", "build", str(config), check=False)
     assert result.returncode == 1
-    assert "failed in stage 'packages'" in result.stderr
+    # Without a script of its own before the packages, they are installed with the base system.
+    assert "failed in stage 'bootstrap'" in result.stderr
     assert "Unable to locate package no-such-package-realms" in result.stderr
     assert realms.json("appimg", "list") == before
     assert [e.name for e in (realms.store / "build").iterdir()] == []

@@ -109,9 +109,15 @@ def step(title: str) -> Iterator[None]:
 class ProgressBar(Protocol):
     def advance(self, amount: int) -> None: ...
 
+    def show(self, completed: float, phase: str) -> None:
+        """Set the amount done so far, and name the phase of the work it belongs to."""
+
 
 class _NoBar:
     def advance(self, amount: int) -> None:
+        pass
+
+    def show(self, completed: float, phase: str) -> None:
         pass
 
 
@@ -119,12 +125,21 @@ NO_BAR: ProgressBar = _NoBar()
 
 
 class _RichBar:
-    def __init__(self, progress: Progress, task: int) -> None:
+    def __init__(self, progress: Progress, task: int, title: str) -> None:
         self._progress = progress
         self._task = task
+        self._title = title
 
     def advance(self, amount: int) -> None:
         self._progress.update(self._task, advance=amount)  # type: ignore[arg-type]
+
+    def show(self, completed: float, phase: str) -> None:
+        description = f"{self._title}: {phase}" if phase else self._title
+        self._progress.update(
+            self._task,  # type: ignore[arg-type]
+            completed=completed,
+            description=description,
+        )
 
 
 @contextmanager
@@ -165,5 +180,5 @@ def progress(title: str, total: int, unit: str = "bytes") -> Iterator[ProgressBa
         transient=True,
     ) as bar:
         task = bar.add_task(title, total=total)
-        yield _RichBar(bar, task)
+        yield _RichBar(bar, task, title)
     _say(f"[+]: {title}: done ({time.monotonic() - started:.1f}s)")

@@ -12,9 +12,15 @@ that package scripts and modules never touch the host.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
+import re
 import signal
+import struct
 import subprocess
+import termios
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -101,13 +107,22 @@ class BuildJob:
             details=self.tail(),
         )
 
-    def run_on_host(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def run_on_host(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         """Run a host tool (a bootstrapper) with its output in the log.
 
         It runs in new PID and mount namespaces of its own: the mounts it makes in the new root
         (/proc, /dev, ...) are never seen on the host, and when the build stops (an error,
         Ctrl-C, SIGTERM, or realms killed outright) the whole namespace goes at once, leaving
         no process behind and nothing mounted.
+
+        With ``progress``, the tool's stderr is a pseudo-terminal, so that a tool that draws a
+        progress display only on a terminal does: ``progress`` sees each piece of it (the
+        text between carriage returns), and every whole line goes to the log.
         """
         self.note("$ " + " ".join(argv))
         isolated = [
@@ -121,21 +136,27 @@ class BuildJob:
             "--",
             *argv,
         ]
+        terminal = _Terminal(self.log, progress) if progress is not None else None
         process = popen(
             isolated,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
-            stderr=subprocess.STDOUT,
+            stderr=terminal.fd if terminal else subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             # unshare ignores SIGTERM while it waits for its child: only SIGKILL stops it.
             die_with_parent=signal.SIGKILL,
         )
         try:
+            if terminal:
+                terminal.follow()
             code = process.wait()
         except BaseException:
             process.kill()
             process.wait()
             raise
+        finally:
+            if terminal:
+                terminal.close()
         if code != 0:
             raise RealmsError(f"{argv[0]} exited with status {code}")
 
@@ -167,6 +188,58 @@ class BuildJob:
         path = self.scratch / f"{name}.sh"
         path.write_text(script)
         self.run_in_image(["/bin/sh", f"/run/realms-build/{path.name}"], env=env, what=name)
+
+
+class _Terminal:
+    """A pseudo-terminal for a tool's stderr: its progress pieces go to a callback, its lines
+    to the log."""
+
+    _ANSI = re.compile(rb"\x1b\[[0-9;]*[A-Za-z]")
+
+    def __init__(self, log_file: IO[bytes], progress: Callable[[str], None]) -> None:
+        self._master, self.fd = pty.openpty()
+        # A terminal of no size gets no progress display: make it as wide as a usual one.
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+        self._log = log_file
+        self._progress = progress
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._child_side_open = True
+
+    def follow(self) -> None:
+        self._close_child_side()  # the child has its own copy: EOF comes when it exits
+        self._reader.start()
+
+    def _close_child_side(self) -> None:
+        if self._child_side_open:
+            os.close(self.fd)
+            self._child_side_open = False
+
+    def _read(self) -> None:
+        pending = b""
+        while True:
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:  # EIO: every copy of the terminal's other side is closed
+                data = b""
+            if not data:
+                break
+            pending += data
+            *pieces, pending = re.split(rb"(\r\n|\n|\r)", pending)
+            for piece, end in zip(pieces[::2], pieces[1::2], strict=True):
+                text = self._ANSI.sub(b"", piece)
+                if end == b"\r":
+                    self._progress(text.decode(errors="replace"))
+                elif text.strip() not in (b"", b"done"):  # "done": the end of a display
+                    self._log.write(text + b"\n")
+        if pending.strip():
+            self._log.write(self._ANSI.sub(b"", pending) + b"\n")
+        self._log.flush()
+
+    def close(self) -> None:
+        self._close_child_side()
+        if self._reader.is_alive():
+            self._reader.join(timeout=5)
+        os.close(self._master)
 
 
 def prune_logs(directory: Path, name: str, keep: int = LOGS_KEPT) -> None:

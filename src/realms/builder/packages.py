@@ -81,13 +81,14 @@ def _following(path: Path, progress: _AptProgress) -> Iterator[None]:
         follower.join()
 
 
-def _apt(job: BuildJob, arguments: list[str], what: str, progress: _AptProgress | None) -> None:
+def _apt(job: BuildJob, runs: list[list[str]], what: str, progress: _AptProgress | None) -> None:
+    """apt-get with each of ``runs`` in turn, in one container; stops at the first failure."""
     status_dir = job.scratch / "status"
     status_dir.mkdir(exist_ok=True)
     status = status_dir / "apt"
     status.write_text("")
-    command = shlex.join([*_APT, "-o", "APT::Status-Fd=9", *arguments])
-    script = f"exec 9>{STATUS_DIR}/apt; exec {command}"
+    commands = [shlex.join([*_APT, "-o", "APT::Status-Fd=9", *arguments]) for arguments in runs]
+    script = f"exec 9>{STATUS_DIR}/apt; " + " && ".join(commands)
     binds = [Bind(job.package_cache, ARCHIVES), Bind(status_dir, STATUS_DIR)]
     if progress is None:
         job.run_in_image(["/bin/sh", "-c", script], binds=binds, what=what)
@@ -97,8 +98,7 @@ def _apt(job: BuildJob, arguments: list[str], what: str, progress: _AptProgress 
 
 
 def update_and_upgrade(job: BuildJob) -> None:
-    _apt(job, ["update"], "apt-get update", None)
-    _apt(job, ["upgrade"], "apt-get upgrade", None)
+    _apt(job, [["update"], ["upgrade"]], "apt-get update/upgrade", None)
 
 
 def install(job: BuildJob, packages: list[str]) -> None:
@@ -107,4 +107,4 @@ def install(job: BuildJob, packages: list[str]) -> None:
         return
     title = f"Installing {len(packages)} packages and what they need"
     with log.progress(title, 100, unit="percent") as bar:
-        _apt(job, ["install", *packages], "apt-get install", _AptProgress(bar))
+        _apt(job, [["install", *packages]], "apt-get install", _AptProgress(bar))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from realms import log
 from realms.builder.job import BuildJob
 from realms.errors import InvalidInput
 
@@ -16,10 +17,15 @@ from realms.errors import InvalidInput
 class Bootstrapper(Protocol):
     name: str
     """Its name in build configs (the ``bootstrapper`` key)."""
+    shows_progress: bool
+    """Whether it reports progress to the bar that :meth:`bootstrap` is given."""
 
-    def bootstrap(self, job: BuildJob, include: list[str]) -> None:
+    def bootstrap(
+        self, job: BuildJob, include: list[str], *, recommends: bool, bar: log.ProgressBar
+    ) -> None:
         """Make the base system of ``job.config`` in ``job.tree`` (empty), with the packages
-        ``include`` as well; downloaded packages go to ``job.package_cache``."""
+        ``include`` as well (and, with ``recommends``, the packages they recommend);
+        downloaded packages go to ``job.package_cache``."""
 
 
 def bootstrapper_named(name: str) -> Bootstrapper:

@@ -1,19 +1,25 @@
 """debootstrap: the classic bootstrapper (Citadel's appimg-builder used it), as an alternative.
 
 It keeps downloaded packages in the store's package cache through its own ``--cache-dir``.
-Its variants are ``minbase`` and its default (Priority: required and important).
+Its variants are ``minbase`` and its default (Priority: required and important). It never
+installs recommended packages.
 """
 
 from __future__ import annotations
 
+from realms import log
 from realms.builder.job import BuildJob
 from realms.errors import InvalidInput
 
 
 class Debootstrap:
     name = "debootstrap"
+    shows_progress = False
 
-    def bootstrap(self, job: BuildJob, include: list[str]) -> None:
+    def bootstrap(
+        self, job: BuildJob, include: list[str], *, recommends: bool, bar: log.ProgressBar
+    ) -> None:
+        # debootstrap resolves Depends only: recommended packages come with a later apt run.
         config = job.config
         if config.variant not in ("minbase", "important"):
             raise InvalidInput(
