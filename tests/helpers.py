@@ -126,21 +126,28 @@ def unmount_below(directory: Path) -> None:
         subprocess.run(["umount", "--lazy", str(target)], capture_output=True, check=False)
 
 
-def loops_backed_below(directory: Path) -> list[str]:
-    """Loop devices whose backing file is under ``directory``."""
+def _loop_backing_files() -> list[tuple[str, str]]:
+    """(device, backing file) of every loop device."""
     output = subprocess.run(
         ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
+    pairs = [line.split(None, 1) for line in output.splitlines()]
+    return [(parts[0], parts[1].strip()) for parts in pairs if len(parts) == 2]
+
+
+def loops_backed_below(directory: Path) -> list[str]:
+    """Loop devices whose backing file is under ``directory``."""
     real = os.path.realpath(directory)
-    found = []
-    for line in output.splitlines():
-        parts = line.split(None, 1)
-        if len(parts) == 2 and parts[1].strip().startswith(real + "/"):
-            found.append(parts[0])
-    return found
+    return [device for device, file in _loop_backing_files() if file.startswith(real + "/")]
+
+
+def loops_backed_by(path: Path) -> list[str]:
+    """Loop devices whose backing file is ``path``."""
+    real = os.path.realpath(path)
+    return [device for device, file in _loop_backing_files() if file == real]
 
 
 def make_btrfs(image: Path, mountpoint: Path, size: str) -> None:

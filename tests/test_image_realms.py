@@ -13,17 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Realms
-
-
-def _loops_backed_by(path: Path) -> list[str]:
-    output = subprocess.run(
-        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [line.split()[0] for line in output.splitlines() if str(path) in line]
+from tests.helpers import Realms, loops_backed_by
 
 
 def _overlay_mounts() -> list[str]:
@@ -57,7 +47,7 @@ def test_realms_share_one_activation(realms: Realms, sealed_base: Path) -> None:
     assert active["appimg"] == "base" and active["version"] == 2
     assert active["users"] == ["one", "three", "two"]
     assert active["verity"] == realms.json("status")["verity"] == "userspace"
-    assert _loops_backed_by(sealed_base) == [active["device"]]
+    assert loops_backed_by(sealed_base) == [active["device"]]
     assert realms.json("appimg", "show", "base")["verity"] == "userspace"
     assert "userspace (checked at activation)" in realms("status").stdout
 
@@ -74,10 +64,10 @@ def test_realms_share_one_activation(realms: Realms, sealed_base: Path) -> None:
     realms("remove", "one")
     realms("remove", "two")
     assert _activations(realms)[0]["users"] == ["three"]
-    assert _loops_backed_by(sealed_base)
+    assert loops_backed_by(sealed_base)
     realms("remove", "three")
     assert _activations(realms) == []
-    assert _loops_backed_by(sealed_base) == []
+    assert loops_backed_by(sealed_base) == []
     assert not (realms.store / "active/base.v2").exists()
 
 
@@ -121,7 +111,7 @@ def test_flipped_byte_is_caught_at_activation(realms: Realms, sealed_base: Path)
     assert "data block 7" in error
     assert [r["name"] for r in realms.json("list")] == ["fine"]
     assert _activations(realms) == []
-    assert _loops_backed_by(sealed_base) == []
+    assert loops_backed_by(sealed_base) == []
 
 
 def test_policies(realms: Realms, sealed_base: Path) -> None:
@@ -221,4 +211,4 @@ def test_killed_activation_is_cleaned_up(realms: Realms, sealed_base: Path) -> N
     assert _overlay_mounts() == []
     assert realms("run", "whole", "--", "true").returncode == 0
     realms("remove", "whole")
-    assert _loops_backed_by(sealed_base) == []
+    assert loops_backed_by(sealed_base) == []
