@@ -105,21 +105,28 @@ def enforcement(store: Store, kind: str) -> str:
     return found
 
 
+def _users_by_version(store: Store) -> dict[tuple[str, int], list[str]]:
+    """The realms that run on each block or sealed version, by (appimg, version): read from
+    every realm's origin once, for all the lookups a command makes."""
+    found: dict[tuple[str, int], list[str]] = {}
+    for name, made in sorted(origin.all_origins(store.realms_dir).items()):
+        if made.kind in IMAGE_KINDS:
+            found.setdefault((made.appimg, made.appimg_version), []).append(name)
+    return found
+
+
 def users(store: Store, appimg: str, version: int) -> list[str]:
-    return sorted(
-        name
-        for name, found in origin.all_origins(store.realms_dir).items()
-        if found.appimg == appimg and found.appimg_version == version
-    )
+    """The realms that run on one version (the activation's users)."""
+    return _users_by_version(store).get((appimg, version), [])
 
 
 def image_users(store: Store, appimg: str) -> dict[int, list[str]]:
     """The realms that run on each block or sealed version of ``appimg``, by version."""
-    found: dict[int, list[str]] = {}
-    for name, made in sorted(origin.all_origins(store.realms_dir).items()):
-        if made.appimg == appimg and made.kind in IMAGE_KINDS:
-            found.setdefault(made.appimg_version, []).append(name)
-    return found
+    return {
+        version: names
+        for (name, version), names in _users_by_version(store).items()
+        if name == appimg
+    }
 
 
 def _mounted(path: Path) -> mounts.Mount | None:
@@ -233,6 +240,7 @@ def _kind(store: Store, appimg: str, number: int) -> str | None:
 def activations(store: Store) -> list[Activation]:
     """Every activation of the store (mounted under ``active/``), with its users."""
     directory = Path(os.path.realpath(active_dir(store)))
+    by_version = _users_by_version(store)
     found = []
     for mount in mounts.mounts():
         if mount.target.parent != directory or ".v" not in mount.target.name:
@@ -250,7 +258,7 @@ def activations(store: Store) -> list[Activation]:
                 mount.target,
                 mount.source,
                 how,
-                users(store, appimg, int(number)),
+                by_version.get((appimg, int(number)), []),
             )
         )
     return found

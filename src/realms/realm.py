@@ -127,8 +127,7 @@ def _current_versions(store: Store, appimgs: set[str]) -> dict[str, int]:
     return result
 
 
-def list_realms(store: Store) -> list[RealmInfo]:
-    origins = origin.all_origins(store.realms_dir)
+def _infos(store: Store, origins: dict[str, origin.Origin]) -> list[RealmInfo]:
     current = _current_versions(store, {o.appimg for o in origins.values()})
     default = default_realm(store)
     return [
@@ -144,18 +143,13 @@ def list_realms(store: Store) -> list[RealmInfo]:
     ]
 
 
+def list_realms(store: Store) -> list[RealmInfo]:
+    return _infos(store, origin.all_origins(store.realms_dir))
+
+
 def show_realm(store: Store, name: str) -> RealmInfo:
     _require(store, name)
-    found = origin.load(realm_dir(store, name))
-    current = _current_versions(store, {found.appimg}).get(found.appimg)
-    return RealmInfo(
-        name,
-        found,
-        current,
-        name == default_realm(store),
-        not locks.is_free(_run_lock_path(store, name)),
-        realm_dir(store, name),
-    )
+    return _infos(store, {name: origin.load(realm_dir(store, name))})[0]
 
 
 # Making and removing

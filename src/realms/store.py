@@ -182,9 +182,15 @@ class Store:
         checkpoint("discard:renamed")
         self.backend.remove(doomed)
 
+    def remove(self, path: Path) -> None:
+        """Remove a tree this store made, unmounting first whatever a killed command left
+        mounted inside it (only mounts below ``path``: realms' own)."""
+        mounts.unmount_below(path)
+        self.backend.remove(path)
+
     def _remove_quietly(self, path: Path) -> None:
         try:
-            self.backend.remove(path)
+            self.remove(path)
         except (OSError, RealmsError) as error:
             log.warn(f"could not remove {path}: {error}; the next command will retry")
 

@@ -222,8 +222,7 @@ def _update_image(
         return UpdateResult(name, base.version, status, version, False)
     finally:
         with log.step("Removing the working copy"):
-            mounts.unmount_below(work)
-            store.backend.remove(work)
+            store.remove(work)
 
 
 def _unpack(image: Path, nblocks: int, fs: str, tree: Path, lower: Path) -> None:

@@ -18,6 +18,7 @@ killed), and nothing reaches ``appimg list``.
 
 from __future__ import annotations
 
+import functools
 import shlex
 import time
 from collections.abc import Callable
@@ -36,10 +37,8 @@ from realms.builder.bootstrap import bootstrapper_named
 from realms.builder.config import BuildConfig, Module, inputs_digest, load, with_name
 from realms.builder.job import BuildJob, prune_logs
 from realms.container import Bind
-from realms.errors import Busy
 from realms.faults import checkpoint
 from realms.store import NEW_PREFIX, Store
-from realms.system import mounts
 from realms.system.fs import rename_noreplace, token, unlink_in_root
 
 
@@ -71,27 +70,9 @@ def _build_lock(store: Store, name: str, wait: float | None = 0) -> AbstractCont
     )
 
 
-def _remove_build_tree(store: Store, work: Path) -> None:
-    if not work.exists():
-        return
-    # Bootstrappers mount in a namespace of their own, so nothing should be mounted here;
-    # should a tool have mounted in the host's namespace after all, undo it before deleting.
-    mounts.unmount_below(work)
-    store.backend.remove(work)
-
-
 def _sweep(store: Store, name: str) -> None:
     """Delete build trees of killed builds (their build lock is free; ours is held)."""
-    for entry in sorted(_build_dir(store).glob(f"{NEW_PREFIX}*")):
-        owner = entry.name.split(".")[2]
-        if owner == name:
-            _remove_build_tree(store, entry)
-            continue
-        try:
-            with _build_lock(store, owner):
-                _remove_build_tree(store, entry)
-        except Busy:
-            continue
+    store.sweep(_build_dir(store), functools.partial(_build_lock, store), held=name)
 
 
 def build(
@@ -192,7 +173,10 @@ def _build_new(
         return result("built", version, job.log_path)
     finally:
         job.close()
-        _remove_build_tree(store, work)
+        if work.exists():
+            # Bootstrappers mount in namespaces of their own; Store.remove would undo any
+            # mount left in the host's anyway.
+            store.remove(work)
 
 
 def _run_stages(job: BuildJob) -> None:
