@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from realms import __version__, api, log
-from realms.errors import Interrupted, RealmsError
+from realms.errors import Interrupted, RealmsError, readable
 from realms.store import Store
 from realms.units import format_size, parse_size
 
@@ -510,7 +510,7 @@ class _UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        print(f"realms: error: {message}", file=sys.stderr)
+        print(f"realms: error: {readable(message)}", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -921,8 +921,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _print_error(message: str, hint: str | None, details: list[str] | None = None) -> None:
     log.end_line()
-    print(f"realms: error: {message}", file=sys.stderr)
+    # RealmsErrors are readable already; an OSError's file name or an internal error is not.
+    print(f"realms: error: {readable(message)}", file=sys.stderr)
     for line in details or []:
-        print(f"  | {line}", file=sys.stderr)
+        print(f"  | {readable(line)}", file=sys.stderr)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+        print(f"hint: {readable(hint)}", file=sys.stderr)

@@ -4,9 +4,43 @@ Every failure a user can cause or meet (bad input, a busy lock, a missing tool, 
 :class:`RealmsError` with a one-line message and, where it helps, a hint. The CLI prints them as
 ``realms: error: MESSAGE`` and ``hint: HINT`` and exits 1; nothing else should reach the user as a
 traceback.
+
+An error line stays readable whatever it quotes: :func:`readable` cuts every long value (an
+entry name from a crafted tarball, a key's value from a config, a name of 10,000 characters)
+to its start and end and says how long it was. Messages are cut where errors are made, so
+every error gets this, also when it is caught and quoted by another one.
 """
 
 from __future__ import annotations
+
+import re
+
+VALUE_MAX = 200
+"""Longer runs of non-blank characters are cut (far above any path realms makes)."""
+VALUE_KEPT = (60, 12)
+"""How much of a cut value stays: its start and its end (a closing quote, say)."""
+LINE_MAX = 1000
+"""A longer message (many long values with blanks between them) is cut at the end."""
+
+_LONG_VALUE = re.compile(rf"\S{{{VALUE_MAX + 1},}}")
+
+
+def readable(text: str) -> str:
+    """``text`` with each run of more than VALUE_MAX non-blank characters cut to
+    ``start...end (N characters)``, control characters shown escaped, and at most about LINE_MAX
+    characters in all."""
+    # A value from a file may hold newlines or terminal escapes: one line, nothing hidden.
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+    def cut(match: re.Match[str]) -> str:
+        value = match[0]
+        head, tail = VALUE_KEPT
+        return f"{value[:head]}...{value[-tail:]} ({len(value)} characters)"
+
+    text = _LONG_VALUE.sub(cut, text)
+    if len(text) > LINE_MAX:
+        text = f"{text[:LINE_MAX]}... ({len(text)} characters in all)"
+    return text
 
 
 class RealmsError(Exception):
@@ -16,10 +50,11 @@ class RealmsError(Exception):
     def __init__(
         self, message: str, hint: str | None = None, details: list[str] | None = None
     ) -> None:
+        message = readable(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
-        self.details = details or []
+        self.hint = readable(hint) if hint is not None else None
+        self.details = [readable(line) for line in details or []]
 
     def __str__(self) -> str:
         return self.message

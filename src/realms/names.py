@@ -1,5 +1,13 @@
-"""The naming rule for realms and appimgs (Citadel's): an ASCII letter, then ASCII letters,
-digits or ``-``; at most 128 characters for a realm, 40 for an appimg.
+"""The naming rule for realms and appimgs: Citadel's (an ASCII letter, then ASCII letters,
+digits or ``-``), narrowed so that every machine name realms derives from a name is valid for
+systemd-nspawn.
+
+systemd accepts a machine name when it is a valid host name (``hostname_is_valid``): at most 64
+characters (``HOST_NAME_MAX``), and no label that starts or ends with ``-``. Realms run as
+machine ``NAME``; appimg updates and builds run as ``NAME-appimg-update`` and
+``NAME-appimg-build``. So a name never ends with ``-``, a realm name has at most 64 characters,
+and an appimg name at most 40 (Citadel's limit, which leaves room for the longest suffix).
+Checking this when a name is made means nspawn never refuses a realm or an update later.
 
 The rule also keeps names safe as path components, machine names and lock file names: no
 ``/``, no ``.``, nothing a shell or a path could misread.
@@ -11,21 +19,28 @@ import re
 
 from realms.errors import InvalidName
 
-REALM_NAME_MAX = 128
+MACHINE_NAME_MAX = 64
+"""systemd's limit for a machine name (HOST_NAME_MAX on Linux)."""
+APPIMG_MACHINE_SUFFIXES = ("-appimg-update", "-appimg-build")
+"""What realms appends to an appimg's name for the machines that change it."""
+REALM_NAME_MAX = MACHINE_NAME_MAX
 APPIMG_NAME_MAX = 40
-_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+assert APPIMG_NAME_MAX + max(map(len, APPIMG_MACHINE_SUFFIXES)) <= MACHINE_NAME_MAX
+
+_PATTERN = re.compile(r"[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+_HINT = "a name starts with a letter, has only letters, digits and '-', and does not end with '-'"
 
 
 def _check(kind: str, name: str, limit: int) -> str:
     if not name:
         raise InvalidName(f"{kind} name is empty")
     if len(name) > limit:
-        raise InvalidName(f"{kind} name is longer than {limit} characters: {name[:limit]}...")
-    if not _PATTERN.fullmatch(name):
         raise InvalidName(
-            f"invalid {kind} name {name!r}",
-            hint="a name starts with a letter and has only letters, digits and '-'",
+            f"{kind} name {name!r} is longer than {limit} characters",
+            hint=f"a {kind} name is also the container's machine name, which systemd limits",
         )
+    if not _PATTERN.fullmatch(name):
+        raise InvalidName(f"invalid {kind} name {name!r}", hint=_HINT)
     return name
 
 

@@ -91,8 +91,12 @@ def generation_at_creation(path: Path) -> int:
 def written_since(path: Path, generation: int) -> tuple[int, int]:
     """Bytes written and files written to in the subvolume after ``generation``: a search of
     the changed part of its tree (btrfs subvolume find-new), not a walk of the whole tree.
-    Call after the data is on disk (syncfs), or writes still in memory are missed."""
-    output = str(run(["btrfs", "subvolume", "find-new", path, str(generation)]).stdout)
+    Call after the data is on disk (syncfs), or writes still in memory are missed.
+
+    find-new lists extents of ``generation`` itself too: for a snapshot, that is everything its
+    source wrote in the transaction that made the snapshot (an import, then at once an update),
+    which the snapshot did not write. Its own writes all come in later transactions."""
+    output = str(run(["btrfs", "subvolume", "find-new", path, str(generation + 1)]).stdout)
     written = 0
     inodes = set()
     for match in re.finditer(r"^inode (\d+) file offset \d+ len (\d+) ", output, re.MULTILINE):
