@@ -18,6 +18,11 @@ keys of its channel, always; then, by the ``verity`` policy of the global config
   activation)``.
 - ``kernel`` where the kernel has no dm-verity: refused.
 
+The header and signature are checked again at every use of a version (:func:`require_trusted`,
+also when it is active already), against the trust as it is then: a revoked key takes effect at
+once, and revoking one releases the activations of the images it signed on which no realm runs
+(:func:`release_untrusted`).
+
 Activation and release happen under the appimg's activation lock. A command killed while
 activating leaves at most an activation that no realm uses; the next realm command on that
 appimg releases it.
@@ -33,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from realms import locks, log, origin
 from realms.appimg.record import Version
-from realms.errors import RealmsError
+from realms.errors import InvalidInput, RealmsError
 from realms.store import Store
 from realms.system import kernel, mounts
 from realms.system.run import run
@@ -139,6 +144,7 @@ def activate(store: Store, appimg: str, version: Version, image: Path) -> Activa
     the activation lock (:func:`lock`)."""
     if version.kind not in IMAGE_KINDS:
         raise RealmsError(f"version {version.version} of appimg {appimg!r} is not an image")
+    require_trusted(store, appimg, version, image)  # at every use, an existing activation too
     target = mountpoint(store, appimg, version.version)
     existing = _mounted(target)
     how = enforcement(store, version.kind)
@@ -262,3 +268,63 @@ def activations(store: Store) -> list[Activation]:
             )
         )
     return found
+
+
+def require_trusted(store: Store, appimg: str, version: Version, image: Path) -> None:
+    """Refuse a block or sealed version whose header, size or signature fails against the
+    store's trust as it is now (a revoked key, say). Reads the image's header only, so that
+    every use of a version (new, run, shell) can afford it; the data is checked at activation.
+    """
+    if version.kind not in IMAGE_KINDS:
+        return
+    from realms.image import keys, realmfs
+
+    checks = realmfs.check_trust(image, keys.Keyring(store))
+    failed = next((check for check in checks if not check.ok), None)
+    if failed is None:
+        return
+    if "revoked" in failed.detail:
+        hint = (
+            "the key that signed it was revoked: seal or import a version signed by a trusted "
+            "key and make realms on that one"
+        )
+    else:
+        hint = f"'realms appimg verify {appimg} --version {version.version}' shows every check"
+    raise InvalidInput(
+        f"appimg {appimg} version {version.version}: {failed.name}: {failed.detail}", hint=hint
+    )
+
+
+def release_untrusted(store: Store) -> list[tuple[str, int]]:
+    """Release every activation whose image no longer passes :func:`require_trusted` (its key
+    was revoked) and on which no realm runs; return the (appimg, version) released. One on
+    which a realm runs stays until it is next used or released: every use refuses it."""
+    from realms.appimg.layout import load_record, version_path
+    from realms.realm import list_realms  # the realm module builds on this one
+
+    released = []
+    for found in activations(store):
+        with lock(store, found.appimg):
+            running = {info.name for info in list_realms(store) if info.running}
+            if running & set(users(store, found.appimg, found.version)):
+                continue
+            try:
+                version = load_record(store, found.appimg).version(found.version)
+            except RealmsError:
+                continue  # not ours to judge without its record
+            if version is None:
+                continue
+            try:
+                require_trusted(
+                    store, found.appimg, version, version_path(store, found.appimg, version)
+                )
+                continue
+            except RealmsError:
+                pass
+            try:
+                release(store, found.appimg, found.version)
+            except RealmsError as error:
+                log.warn(f"appimg {found.appimg} version {found.version} stays active: {error}")
+                continue
+            released.append((found.appimg, found.version))
+    return released

@@ -4,8 +4,12 @@ importing an image file, exporting a version.
 Sealing takes the appimg's update lock (one change of an appimg's content at a time) and works
 in a directory of its own beside the versions; its version number is reserved in the record at
 the start, because the number is written into the signed metainfo. The appimg's lock is taken
-only for a moment, to commit. Importing verifies the whole file (header, signature against the
-trusted and unrevoked keys of its channel, every data and hash block) before it enters the store.
+only for a moment, to commit; before it does, the new image's signature is checked against the
+store's trust as it is then, so that the store never commits an image it would refuse.
+
+Importing checks the file's header and signature (against the trusted and unrevoked keys of its
+channel) before it reads anything else, then every data and hash block of the copy in the store
+before that copy is committed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from realms.appimg.ops import add_version
 from realms.appimg.record import RECORD_NAME, AppimgRecord, Change, Version
 from realms.appimg.tarball import write_tarball
 from realms.errors import InvalidInput, NotFound, RealmsError
+from realms.faults import checkpoint
 from realms.image import filesystem, keys, realmfs
 from realms.image.realmfs import Check
 from realms.names import check_appimg_name
@@ -113,6 +118,14 @@ def seal(
                 seed=seed,
                 verity=verity,
             )
+            # The store never commits what it would refuse to use: the new image is checked
+            # against the trust as it is now (a rotation or a revocation may have happened
+            # since the key was read, or a killed rotation left a key that is not trusted).
+            checkpoint("seal:signed")
+            realmfs.require(
+                realmfs.check_trust(image, keys.Keyring(store)),
+                f"the new {'sealed' if verity else 'block'} image of appimg {name!r}",
+            )
             kind = "sealed" if verity else "block"
             signer = f", channel {channel}, key {keys.public_of(seed)[:16]}" if seed else ""
             detail = f"{kind} from version {base.version} ({fs}{signer})"
@@ -183,26 +196,40 @@ def _check_matches_record(path: Path, version: Version) -> list[Check]:
 
 def import_image(store: Store, name: str, source: Path, *, new_version: bool = False) -> Version:
     """Import a block or sealed image file (a Citadel RealmFS image included) after checking
-    all of it; a sealed image must be signed by a trusted, unrevoked key of its channel."""
+    all of it; a sealed image must be signed by a trusted, unrevoked key of its channel.
+
+    The header and signature are checked on ``source`` first (nothing more is read from a
+    file that fails them); every block is checked on the copy in the store, before it is
+    committed, so that what was checked is what is stored even if ``source`` changes.
+    """
     check_appimg_name(name)
-    with log.step(f"Verifying {source}"):
-        checks = realmfs.verify_image(source, keys.Keyring(store))
-    realmfs.require(checks, str(source))
+    keyring = keys.Keyring(store)
+    first = realmfs.check_trust(source, keyring)
+    realmfs.require(first, str(source))
     header, _ = realmfs.read_header(source)
-    signer = next((c.detail for c in checks if c.name == "signature"), "")
+    kind = "sealed" if header.metainfo.sealed else "block"
+
+    def signer(checks: list[Check]) -> str:
+        return next((c.detail for c in checks if c.name == "signature"), "")
 
     def copy_to(target: Path) -> None:
         with log.step(f"Copying {source.name} into the store"):
             run(["cp", "--reflink=auto", "--", source, target])
+        with log.step(f"Verifying {source}"):
+            checks = realmfs.verify_image(target, keyring)
+        realmfs.require(checks, str(source))
+        copied, _ = realmfs.read_header(target)
+        if signer(checks) != signer(first) or copied.metainfo.sealed != (kind == "sealed"):
+            raise InvalidInput(f"{source}: the file changed while it was imported")
 
     return add_version(
         store,
         name,
         copy_to,
         origin="import",
-        detail=f"{source.resolve()} ({signer})",
+        detail=f"{source.resolve()} ({signer(first)})",
         mode="add" if new_version else "create",
-        kind="sealed" if header.metainfo.sealed else "block",
+        kind=kind,
     )
 
 

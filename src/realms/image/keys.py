@@ -9,6 +9,12 @@ Citadel had one key per channel and no revocation. Here, in the store's ``keys/`
 - ``keys/trust.toml``: every trusted public key with its channel, several per channel, and the
   revoked ones. A revoked key is never trusted again: every image it signed fails verification.
 
+Changes keep the store's one promise about keys: it never signs what it would then refuse.
+``generate`` trusts the new public key before it installs the private key (killed in between,
+the old key still signs and is still trusted); the private key's temporary file is 0600 from
+its creation, and a killed command's temporary files are removed by the next key command.
+Revoking a key releases the activations of the images it signed (see :mod:`realms.activation`).
+
 Signatures are over the metainfo bytes exactly as stored in the image header (see
 :mod:`realms.image.header`). ``cryptography`` is imported only by the functions that sign or
 verify, so that commands which do not are not slowed down by it.
@@ -27,13 +33,16 @@ from typing import Any
 
 from realms import locks
 from realms.config import read_toml
-from realms.errors import AlreadyExists, InvalidInput, NotFound
+from realms.errors import AlreadyExists, Busy, InvalidInput, NotFound
+from realms.faults import checkpoint
 from realms.store import Store, write_toml
 from realms.system.fs import atomic_write
 from realms.units import now
 
 _CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
+#: How atomic_write names its temporary files (see realms.system.fs).
+TEMPORARY_PREFIX = ".tmp."
 
 
 @dataclass
@@ -90,6 +99,7 @@ class Keyring:
     """The store's keys; every change is made under the keyring's lock and written atomically."""
 
     def __init__(self, store: Store) -> None:
+        self._store = store
         self.directory = store.root / "keys"
         self._lock_path = store.locks_dir / "keys.lock"
 
@@ -105,9 +115,35 @@ class Keyring:
         with locks.hold(self._lock_path, what="the keyring", wait=30):
             self.directory.mkdir(mode=0o700, exist_ok=True)
             (self.directory / "signing").mkdir(mode=0o700, exist_ok=True)
+            self._sweep()
             keys = self._load()
             yield keys
-            write_toml(self._trust_path, {"key": [asdict(k) for k in keys]}, mode=0o600)
+            self._save(keys)
+
+    def _save(self, keys: list[TrustedKey]) -> None:
+        write_toml(self._trust_path, {"key": [asdict(k) for k in keys]}, mode=0o600)
+
+    def _sweep(self) -> None:
+        """Remove the temporary files of killed key commands (a private key's among them);
+        the caller holds the keyring's lock, so none of them is being written."""
+        for directory in (self.directory, self.directory / "signing"):
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.startswith(TEMPORARY_PREFIX):
+                    (directory / name).unlink(missing_ok=True)
+
+    def sweep(self) -> None:
+        """Remove leftover temporary files now, unless another key command runs."""
+        if not self.directory.is_dir():
+            return
+        try:
+            with locks.hold(self._lock_path, what="the keyring", wait=0):
+                self._sweep()
+        except Busy:
+            pass  # that command sweeps them itself
 
     def _load(self) -> list[TrustedKey]:
         data = read_toml(self._trust_path)
@@ -119,6 +155,7 @@ class Keyring:
     # Queries
 
     def keys(self) -> list[KeyInfo]:
+        self.sweep()
         signing = {ch: self.signing_public(ch) for ch in {k.channel for k in self._load()}}
         return [
             KeyInfo(k.channel, k.public, k.added, k.is_revoked, signing.get(k.channel) == k.public)
@@ -140,6 +177,7 @@ class Keyring:
 
     def signing_seed(self, channel: str) -> bytes:
         check_channel(channel)
+        self.sweep()
         path = self._signing_path(channel)
         if not path.exists():
             raise NotFound(
@@ -170,9 +208,14 @@ class Keyring:
                 )
             seed = secrets.token_bytes(32)
             public = public_of(seed)
-            atomic_write(path, seed.hex() + "\n", mode=0o600)
-            os.chmod(path, 0o600)
+            # Trusted first: killed before the private key is in place, the store still signs
+            # with the old key, which is still trusted; never with a key it does not trust.
             keys.append(TrustedKey(channel, public, now()))
+            self._save(keys)
+            checkpoint("key-generate:trusted")
+            # The temporary file is created 0600, before the seed is written into it.
+            atomic_write(path, seed.hex() + "\n", mode=0o600)
+            checkpoint("key-generate:installed")
         return public
 
     def trust(self, channel: str, public: str) -> bool:
@@ -190,7 +233,19 @@ class Keyring:
         return True
 
     def revoke(self, public: str) -> list[str]:
-        """Revoke ``public`` wherever it is trusted; return the channels it was trusted for."""
+        """Revoke ``public`` wherever it is trusted; return the channels it was trusted for.
+
+        Then the activations of images it signed are released, except where a realm runs on
+        one: that one goes when the realm stops and it is used next (every use checks the
+        signature again and refuses).
+        """
+        channels = self._revoke(public)
+        from realms import activation  # it imports the image modules, which import this one
+
+        activation.release_untrusted(self._store)
+        return channels
+
+    def _revoke(self, public: str) -> list[str]:
         with self._changing() as keys:
             channels = [k.channel for k in keys if k.public == public and not k.is_revoked]
             if not channels:

@@ -160,6 +160,9 @@ def _check_header(header: Header, raw: bytes) -> Check:
         return Check("header", False, f"image-type is {meta.image_type!r}, not 'realmfs'")
     if meta.nblocks is None:
         return Check("header", False, "the metainfo has no nblocks")
+    if meta.sealed and meta.verity_salt is None:
+        # Checked here, before anything would hash the data with a salt that is not there.
+        return Check("header", False, "the metainfo has a verity-root but no verity-salt")
     if header.status != 0:
         return Check("header", False, f"status byte is {header.status} (0 in a RealmFS image)")
     expected_flags = FLAG_HASH_TREE if meta.sealed else 0
@@ -222,8 +225,9 @@ def _check_signature(header: Header, keyring: keys.Keyring) -> Check:
 def _check_data(path: Path, header: Header) -> Check:
     meta = header.metainfo
     nblocks = meta.nblocks or 0
-    if meta.sealed:
-        assert meta.verity_root is not None and meta.verity_salt is not None
+    if meta.verity_root is not None:
+        if meta.verity_salt is None:  # refused by _check_header already; never hashed
+            return Check("verity", False, "the metainfo has no verity-salt")
         result = verify_hash_tree(
             path,
             data_offset=HEADER_SIZE,
@@ -252,20 +256,36 @@ def _check_filesystem(path: Path) -> Check:
     return Check("filesystem", True, found)
 
 
-def verify_image(path: Path, keyring: keys.Keyring, *, data: bool = True) -> list[Check]:
-    """Check an image file: header, size, signature, filesystem, and (with ``data``) every
-    data and hash block. Stops at the first failed check that makes the rest meaningless."""
+def check_trust(path: Path, keyring: keys.Keyring) -> list[Check]:
+    """The cheap checks of an image file, which read its 4096-byte header and nothing else:
+    the header, the file's size, the signature against ``keyring``'s current trust. Stops at
+    the first failed one. Realms on images run this at every use, so that a revoked key takes
+    effect at once (the data is checked at activation)."""
+    return _trust_checks(path, keyring)[0]
+
+
+def _trust_checks(path: Path, keyring: keys.Keyring) -> tuple[list[Check], Header | None]:
     try:
         header, raw = read_header(path)
     except InvalidInput as error:
-        return [Check("header", False, error.message.removeprefix(f"{path}: "))]
+        return [Check("header", False, error.message.removeprefix(f"{path}: "))], None
     checks = [_check_header(header, raw)]
-    if not checks[-1].ok:
+    if checks[-1].ok:
+        checks.append(_check_size(path, header))
+    if checks[-1].ok:
+        checks.append(_check_signature(header, keyring))
+    return checks, header
+
+
+def verify_image(path: Path, keyring: keys.Keyring, *, data: bool = True) -> list[Check]:
+    """Check an image file: header, size, signature, filesystem, and (with ``data``) every
+    data and hash block. Stops at the first failed check that makes the rest meaningless: an
+    unsigned or wrongly signed image is refused before a byte of its data is read."""
+    # The header is read once: the data is checked against the very metainfo whose signature
+    # was checked, even if someone rewrites the file meanwhile.
+    checks, header = _trust_checks(path, keyring)
+    if header is None or not all(check.ok for check in checks):
         return checks
-    checks.append(_check_size(path, header))
-    if not checks[-1].ok:
-        return checks
-    checks.append(_check_signature(header, keyring))
     checks.append(_check_filesystem(path))
     if data:
         checks.append(_check_data(path, header))
