@@ -19,6 +19,7 @@ killed), and nothing reaches ``appimg list``.
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import time
 from collections.abc import Callable
@@ -36,7 +37,6 @@ from realms.builder import cache, modules, packages
 from realms.builder.bootstrap import bootstrapper_named
 from realms.builder.config import BuildConfig, Module, inputs_digest, load, with_name
 from realms.builder.job import BuildJob, prune_logs
-from realms.container import Bind
 from realms.faults import checkpoint
 from realms.store import NEW_PREFIX, Store
 from realms.system.fs import rename_noreplace, token, unlink_in_root
@@ -231,19 +231,32 @@ def _run_modules(job: BuildJob, stage_modules: list[Module], when: str) -> None:
             if module.script is None:
                 job.run_script(module.name, modules.builtin_script(module.name, config))
             else:
-                job.run_script(module.name, module.script.read_text(), env=env)
+                # The text read when the config was loaded: the path is never opened again.
+                job.run_script(module.name, module.text, env=env)
 
 
 def _install_files(job: BuildJob, config: BuildConfig) -> None:
-    binds = []
+    # The files' contents were read when the config was loaded (inside its directory, see
+    # config._context_file); they go into the scratch directory, which the container sees
+    # read-only at /run/realms-build. No host path the config names is bound or opened here.
+    # Readable by all (like the scripts there): the container's root may be an unprivileged
+    # uid; the store around the build directory keeps host users out.
+    staged = job.scratch / "files"
+    staged.mkdir()
+    staged.chmod(0o755)  # whatever the umask
     commands = ["set -eu"]
     for index, spec in enumerate(config.files):
-        inside = f"/run/realms-files/{index}"
-        binds.append(Bind(spec.source, inside, readonly=True))
+        fd = os.open(
+            staged / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+        )
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o644)
+            handle.write(spec.data)
+        inside = f"/run/realms-build/files/{index}"
         user, _, group = spec.owner.partition(":")
         owner = ["-o", user] + (["-g", group] if group else [])
-        argv = ["install", "-D", "-m", f"{spec.mode:o}", *owner, inside, spec.path]
+        argv = ["install", "-D", "-m", f"{spec.mode:o}", *owner, "--", inside, spec.path]
         commands.append(shlex.join(argv))
     path = job.scratch / "files.sh"
     path.write_text("\n".join(commands) + "\n")
-    job.run_in_image(["/bin/sh", "/run/realms-build/files.sh"], binds=binds, what="install")
+    job.run_in_image(["/bin/sh", "/run/realms-build/files.sh"], what="install")

@@ -4,6 +4,10 @@ A module is a shell script that runs as root *inside* the image being built (in 
 systemd-nspawn container, see :mod:`realms.builder.stages`), never on the host. Built-in modules
 are written here from the config's values; a user's module is their own script file. The same
 config always gives the same scripts, which is what lets the build cache trust its key.
+
+Every config value written into a script is either quoted (``shlex.quote``) or inside a quoted
+here-document, on top of the checks of :mod:`realms.builder.config` (plain names, URIs without
+spaces or quotes): a config cannot add a command to a script.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def _create_user(config: BuildConfig) -> str:
         "--user-group",
         f"--shell={user['shell']}",
         *([f"--groups={groups}"] if groups else []),
+        "--",
         user["name"],
     ]
     return f"useradd {shlex.join(options)}\n"
@@ -84,7 +89,7 @@ def _set_hostname(config: BuildConfig) -> str:
     host = shlex.quote(config.hostname)
     return f"""\
 echo {host} > /etc/hostname
-cat > /etc/hosts <<EOF
+cat > /etc/hosts <<'EOF'
 127.0.0.1	localhost
 127.0.1.1	{config.hostname}
 ::1	localhost ip6-localhost ip6-loopback

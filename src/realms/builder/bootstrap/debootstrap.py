@@ -34,5 +34,9 @@ class Debootstrap:
         ]
         if include:
             argv.append(f"--include={','.join(include)}")
+        # No "--" here: debootstrap refuses it ("unrecognized or invalid option --"). It stops
+        # reading options at its first positional, SUITE, which the config holds to a plain
+        # Debian name (it is also a path below debootstrap's scripts/), so no value can be
+        # taken for an option; MIRROR is an http(s)/file URI.
         argv += [config.release, str(job.tree), config.mirror]
         job.run_on_host(argv)

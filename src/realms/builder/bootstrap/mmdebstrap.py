@@ -48,7 +48,9 @@ class Mmdebstrap:
         ]
         if include:
             argv.append(f"--include={','.join(include)}")
-        argv += [config.release, str(job.tree), config.mirror]
+        # "--": mmdebstrap takes options anywhere on its command line; after it, SUITE, TARGET
+        # and MIRROR are never options (the config checks them as well: a name and a URI).
+        argv += ["--", config.release, str(job.tree), config.mirror]
 
         def progress(piece: str) -> None:
             # mmdebstrap draws "STATUS:  PERCENT [####   ]" on a terminal, once per phase.
