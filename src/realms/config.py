@@ -72,6 +72,14 @@ REALM_SETTINGS = [
         "not change the realm's root filesystem)",
     ),
     Setting(
+        "isolation",
+        "choice:userns|privileged",
+        "userns",
+        "userns: the realm's root is an unprivileged host uid (a user namespace with the "
+        "realm's own uid range; files keep their owners through idmapped mounts); "
+        "privileged: the realm's root is host root (only for realms you trust entirely)",
+    ),
+    Setting(
         "use-network",
         "bool",
         True,

@@ -7,6 +7,14 @@ machines, these VMs) it must not try (``--register=no --keep-unit``). The consol
 plain pipe otherwise so that scripts can feed stdin and read stdout. The command runs as PID 2
 under nspawn's stub init, so that signals and zombie reaping behave as on a normal system, and
 its exit status is passed through.
+
+Every container runs in a user namespace unless told otherwise (see :mod:`realms.system.idmap`):
+its root is an unprivileged host uid, and it cannot make device nodes. Its root filesystem is
+prepared in a mount namespace of the container's own, made between fork and exec of nspawn, so
+that nothing of it is visible on the host and all of it vanishes with the container, even when
+realms is killed: the tree bound onto itself *without* the store's ``nosuid`` (so that sudo works
+inside while no host user can run a realm's setuid files), or for an image realm the overlay
+(an idmapped clone of the activation below, the realm's layer above).
 """
 
 from __future__ import annotations
@@ -14,17 +22,18 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from realms.errors import Interrupted, RealmsError
+from realms.system import idmap
 from realms.system.fs import read_in_root
-from realms.system.mounts import in_own_mount_namespace
 from realms.system.run import popen
 
 REALM_HOME = "/home/user"
@@ -35,47 +44,33 @@ class Bind:
     source: Path
     target: str
     readonly: bool = False
+    idmap: bool = False
+    """Show the source's owners as they are on the host (host uid 1000 as the realm's 1000):
+    for trees realms owns (a home, Shared/, a build's scratch). Host paths a user chose are
+    bound as they are: in a user namespace their owners appear as nobody."""
 
-    def option(self) -> str:
-        return f"--bind{'-ro' if self.readonly else ''}={self.source}:{self.target}"
+    def option(self, userns: bool = False) -> str:
+        suffix = ":idmap" if self.idmap and userns else ""
+        return f"--bind{'-ro' if self.readonly else ''}={self.source}:{self.target}{suffix}"
 
 
 @dataclass(frozen=True)
 class Overlay:
     """A root filesystem made of a read-only image and a writable layer: ``upper`` and
-    ``work`` in the store, or, with ``tmpfs`` set, in a tmpfs mounted there (thrown away)."""
+    ``work`` in the store, or, with ``tmpfs`` set, in a tmpfs mounted there (thrown away).
+    In a user namespace an idmapped clone of ``lower`` is attached at ``lower_view`` (an empty
+    directory of the realm's) and used as the lower layer."""
 
     lower: Path
     upper: Path
     work: Path
     tmpfs: Path | None = None
+    lower_view: Path | None = None
 
 
-# Runs as the container's wrapper, in a mount namespace of its own: the overlay (and tmpfs)
-# exist only for this run and vanish with it, even if realms is killed; nothing is left mounted.
-_OVERLAY_SCRIPT = """set -e
-lower=$1 upper=$2 work=$3 root=$4 tmp=$5
-shift 5
-if [ -n "$tmp" ]; then
-    mount -t tmpfs -o mode=0755 realms-overlay "$tmp"
-    mkdir "$tmp/upper" "$tmp/work"
-    upper=$tmp/upper work=$tmp/work
-fi
-mount -t overlay realms-overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root"
-exec "$@"
-"""
-
-
-def _overlay_wrapper(container: Container) -> list[str]:
-    overlay = container.overlay
-    if overlay is None:
-        return []
-    paths = [overlay.lower, overlay.upper, overlay.work, container.rootfs]
-    if any(set(str(path)) & set(",:\\") for path in paths):
-        raise RealmsError(
-            "the store's path has a ',', ':' or '\\', which overlayfs cannot take in a layer"
-        )
-    return in_own_mount_namespace(_OVERLAY_SCRIPT, *paths, overlay.tmpfs or "")
+PICK = "pick"
+"""A fresh uid range chosen by nspawn for each run (update and build containers: their files
+keep their on-disk owners through an idmapped root)."""
 
 
 @dataclass
@@ -98,6 +93,12 @@ class Container:
     overlay: Overlay | None = None
     """Mount this overlay on ``rootfs`` for the run (realms on block and sealed images)."""
     read_only: bool = False
+    scratch: list[tuple[Path, str]] = field(default_factory=list)
+    """tmpfs mounts (directory, options) that prepare_root makes in the container's mount
+    namespace, for binds whose owner nspawn must not change (an ephemeral home)."""
+    private_users: int | str | None = PICK
+    """The user namespace: the first host uid of the realm's own range, :data:`PICK`, or None
+    to run as host root (a realm with ``isolation = "privileged"``)."""
 
 
 def systemd_is_pid1() -> bool:
@@ -105,10 +106,47 @@ def systemd_is_pid1() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def user_of_uid(rootfs: Path, uid: int) -> str | None:
+@dataclass(frozen=True)
+class TreeView:
+    """A root filesystem as the container will see it, read before it runs: one tree, or an
+    overlay's layers (upper first), where a file deleted in the upper layer (a whiteout) is
+    gone and a file changed there hides the image's."""
+
+    layers: Sequence[Path]
+
+    def _layer_of(self, relative: str) -> Path | None:
+        for layer in self.layers:
+            try:
+                info = os.lstat(layer / relative)
+            except OSError:
+                continue
+            if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+                return None  # overlayfs whiteout: deleted in the realm's layer
+            return layer
+        return None
+
+    def exists(self, relative: str) -> bool:
+        return self._layer_of(relative) is not None
+
+    def is_dir(self, relative: str) -> bool:
+        layer = self._layer_of(relative)
+        return layer is not None and (layer / relative).is_dir()
+
+    def read(self, relative: str, limit: int = 1 << 20) -> bytes:
+        layer = self._layer_of(relative)
+        if layer is None:
+            raise FileNotFoundError(relative)
+        return read_in_root(layer, relative, limit)
+
+
+def _view(root: Path | TreeView) -> TreeView:
+    return root if isinstance(root, TreeView) else TreeView([root])
+
+
+def user_of_uid(rootfs: Path | TreeView, uid: int) -> str | None:
     """The name of ``uid`` in the container's /etc/passwd, read without leaving the tree."""
     try:
-        text = read_in_root(rootfs, "etc/passwd").decode(errors="replace")
+        text = _view(rootfs).read("etc/passwd").decode(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():
@@ -118,12 +156,12 @@ def user_of_uid(rootfs: Path, uid: int) -> str | None:
     return None
 
 
-def default_locale(rootfs: Path) -> str | None:
+def default_locale(rootfs: Path | TreeView) -> str | None:
     """LANG as the image sets it (/etc/default/locale or /etc/locale.conf), for commands that
     do not go through a login (which would read it with PAM)."""
     for relative in ("etc/default/locale", "etc/locale.conf"):
         try:
-            text = read_in_root(rootfs, relative, limit=4096).decode(errors="replace")
+            text = _view(rootfs).read(relative, limit=4096).decode(errors="replace")
         except OSError:
             continue
         match = re.search(r"^\s*LANG=\"?([A-Za-z0-9_.@-]+)\"?\s*$", text, re.MULTILINE)
@@ -132,10 +170,11 @@ def default_locale(rootfs: Path) -> str | None:
     return None
 
 
-def check_os_tree(rootfs: Path, what: str) -> None:
+def check_os_tree(rootfs: Path | TreeView, what: str) -> None:
     """nspawn refuses trees without /usr and os-release; say so before it does."""
-    has_release = any(os.path.lexists(rootfs / p) for p in ("etc/os-release", "usr/lib/os-release"))
-    if not (rootfs / "usr").is_dir() or not has_release:
+    view = _view(rootfs)
+    has_release = any(view.exists(p) for p in ("etc/os-release", "usr/lib/os-release"))
+    if not view.is_dir("usr") or not has_release:
         raise RealmsError(
             f"{what} does not look like an OS tree (it needs /usr and /etc/os-release or "
             "/usr/lib/os-release)",
@@ -147,9 +186,9 @@ def nspawn_argv(
     container: Container, interactive: bool, systemd_pid1: bool | None = None
 ) -> list[str]:
     """The command line that runs ``container``; ``systemd_pid1`` (default: detected) says
-    whether nspawn may register the container with systemd-machined."""
+    whether nspawn may register the container with systemd-machined. Its root filesystem is
+    prepared by :func:`prepare_root` in the child before nspawn starts."""
     argv = [
-        *_overlay_wrapper(container),
         "systemd-nspawn",
         "--quiet",
         f"--directory={container.rootfs}",
@@ -160,6 +199,15 @@ def nspawn_argv(
     ]
     if not (systemd_is_pid1() if systemd_pid1 is None else systemd_pid1):
         argv += ["--register=no", "--keep-unit"]
+    userns = container.private_users is not None
+    if userns:
+        users = container.private_users
+        if isinstance(users, int):
+            users = f"{users}:{idmap.RANGE_SIZE}"
+        # The overlay's layers are idmapped below it by prepare_root; nspawn cannot idmap an
+        # overlayfs mount itself.
+        ownership = "off" if container.overlay is not None else "map"
+        argv += [f"--private-users={users}", f"--private-users-ownership={ownership}"]
     if container.user:
         argv.append(f"--user={container.user}")
     if container.workdir:
@@ -168,7 +216,7 @@ def nspawn_argv(
         argv.append("--private-network")
     if container.read_only:
         argv.append("--read-only")
-    argv += [bind.option() for bind in container.binds]
+    argv += [bind.option(userns) for bind in container.binds]
     argv += [f"--tmpfs={path}" for path in container.tmpfs]
     if container.pristine:
         argv += ["--resolv-conf=bind-host", "--timezone=off"]
@@ -176,6 +224,64 @@ def nspawn_argv(
     if container.command:
         argv += ["--", *container.command]
     return argv
+
+
+def _check_layer_paths(overlay: Overlay) -> None:
+    paths = [overlay.lower, overlay.upper, overlay.work, overlay.lower_view, overlay.tmpfs]
+    if any(path is not None and set(str(path)) & set(",:\\") for path in paths):
+        raise RealmsError(
+            "the store's path has a ',', ':' or '\\', which overlayfs cannot take in a layer"
+        )
+
+
+def _userns_for(container: Container) -> idmap.UserNamespace | None:
+    """The user namespace whose mapping idmapped layers take (checked to work here)."""
+    users = container.private_users
+    if users is None:
+        return None
+    base = users if isinstance(users, int) else idmap.LAST_BASE
+    namespace = idmap.make_user_namespace(base)
+    try:
+        below = container.overlay.lower if container.overlay else container.rootfs
+        idmap.require_idmap(below, namespace, f"container {container.machine}")
+    except BaseException:
+        namespace.close()
+        raise
+    return namespace
+
+
+def prepare_root(container: Container, userns: idmap.UserNamespace | None) -> None:
+    """Run in the child, before nspawn: a private mount namespace, then the root filesystem.
+
+    A tree is bound onto itself with setuid allowed (the store is mounted nosuid for the host's
+    sake). An image realm gets its overlay: the activation (idmapped in a user namespace) below,
+    the realm's layer, or a fresh tmpfs, above.
+    """
+    idmap.enter_private_mount_namespace()
+    for directory, options in container.scratch:
+        idmap.mount("realms-scratch", directory, "tmpfs", options)
+    overlay = container.overlay
+    if overlay is None:
+        idmap.bind_allowing_suid(container.rootfs)
+        return
+    lower = overlay.lower
+    if userns is not None and overlay.lower_view is not None:
+        idmap.mount_idmapped(overlay.lower, overlay.lower_view, userns)
+        lower = overlay.lower_view
+    upper, work = overlay.upper, overlay.work
+    if overlay.tmpfs is not None:
+        owner = userns.base if userns is not None else 0
+        idmap.mount("realms-overlay", overlay.tmpfs, "tmpfs", f"mode=0755,uid={owner},gid={owner}")
+        upper, work = overlay.tmpfs / "upper", overlay.tmpfs / "work"
+        for layer in (upper, work):
+            layer.mkdir(mode=0o755)
+            os.chown(layer, owner, owner)
+    idmap.mount(
+        "realms-overlay",
+        container.rootfs,
+        "overlay",
+        f"lowerdir={lower},upperdir={upper},workdir={work}",
+    )
 
 
 # nspawn's cleanup refuses to remove its propagation directory when /run is not a tmpfs (as on
@@ -208,13 +314,41 @@ def run(
     realms is killed outright, nspawn gets SIGTERM from the kernel and stops the container.
     """
     interactive = log is None and sys.stdin.isatty() and sys.stdout.isatty()
-    process = popen(
-        nspawn_argv(container, interactive),
-        stdin=subprocess.DEVNULL if log is not None else None,
-        stdout=log,
-        stderr=subprocess.PIPE,
-        die_with_parent=True,
-    )
+    if container.overlay is not None:
+        _check_layer_paths(container.overlay)
+    userns = _userns_for(container)
+    # What went wrong in the child before exec comes back through this pipe.
+    failure_read, failure_write = os.pipe2(os.O_CLOEXEC)
+
+    def prepare() -> None:
+        try:
+            prepare_root(container, userns)
+        except BaseException as error:
+            os.write(failure_write, str(error).encode(errors="replace")[:4000])
+            raise
+
+    try:
+        process = popen(
+            nspawn_argv(container, interactive),
+            stdin=subprocess.DEVNULL if log is not None else None,
+            stdout=log,
+            stderr=subprocess.PIPE,
+            die_with_parent=True,
+            setup=prepare,
+        )
+    except subprocess.SubprocessError:
+        os.close(failure_write)
+        failure_write = -1
+        detail = os.read(failure_read, 4096).decode(errors="replace") or "unknown error"
+        raise RealmsError(
+            f"preparing the root filesystem of {container.machine} failed: {detail}"
+        ) from None
+    finally:
+        os.close(failure_read)
+        if failure_write >= 0:
+            os.close(failure_write)
+        if userns is not None:
+            userns.close()
     assert process.stderr is not None
     target = log if log is not None else sys.stderr.buffer
     copier = threading.Thread(

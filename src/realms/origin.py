@@ -22,9 +22,12 @@ class Origin:
     appimg_version: int
     kind: str
     created: str
+    uid_base: int | None = None
+    """The first host uid of the realm's user namespace (see :mod:`realms.system.idmap`);
+    None for a realm made before realms used user namespaces, until its next run."""
 
     def to_toml(self) -> dict[str, object]:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 def load(realm_dir: Path) -> Origin:
@@ -36,6 +39,7 @@ def load(realm_dir: Path) -> Origin:
             appimg_version=int(data["appimg_version"]),
             kind=str(data["kind"]),
             created=str(data["created"]),
+            uid_base=int(data["uid_base"]) if "uid_base" in data else None,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidInput(f"{path}: damaged realm record ({error})") from None

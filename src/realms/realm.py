@@ -15,6 +15,7 @@ default when there is none.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from realms.container import (
     Bind,
     Container,
     Overlay,
+    TreeView,
     check_os_tree,
     default_locale,
     user_of_uid,
@@ -39,6 +41,7 @@ from realms.errors import AlreadyExists, InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
 from realms.names import check_appimg_name, check_realm_name
 from realms.store import Store, write_toml
+from realms.system import idmap
 from realms.system.fs import atomic_symlink, atomic_write, fsync_dir
 from realms.units import now
 
@@ -55,6 +58,8 @@ class RealmInfo:
     default: bool
     running: bool
     path: Path
+    isolation: str
+    """"userns" (the realm's root is an unprivileged host uid) or "privileged"."""
 
     @property
     def outdated(self) -> bool:
@@ -71,6 +76,8 @@ class RealmInfo:
             "outdated": self.outdated,
             "default": self.default,
             "running": self.running,
+            "isolation": self.isolation,
+            "uid_base": self.origin.uid_base,
             "kind": self.origin.kind,
             "created": self.origin.created,
             "path": str(self.path),
@@ -138,9 +145,17 @@ def _infos(store: Store, origins: dict[str, origin.Origin]) -> list[RealmInfo]:
             name == default,
             not locks.is_free(_run_lock_path(store, name)),
             realm_dir(store, name),
+            _isolation(store, name),
         )
         for name, found in origins.items()
     ]
+
+
+def _isolation(store: Store, name: str) -> str:
+    try:
+        return str(realm_settings(store, name)["isolation"])
+    except RealmsError:
+        return "unknown (the realm's config is damaged)"
 
 
 def list_realms(store: Store) -> list[RealmInfo]:
@@ -194,9 +209,15 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
                 log.note(f"copy backend: copying appimg {appimg!r} (not a zero-cost snapshot)")
             with store.staging(realm_dir(store, name), f"realm {name!r}") as staged:
                 staged.mkdir(mode=0o755)
+                uid_base = idmap.pick_base(
+                    made.uid_base
+                    for made in origin.all_origins(store.realms_dir).values()
+                    if made.uid_base is not None
+                )
                 if image:
-                    for layer in ("rootfs", "upper", "work"):
+                    for layer in ("rootfs", "upper", "work", "lower"):
                         (staged / layer).mkdir(mode=0o755)
+                    os.chown(staged / "upper", uid_base, uid_base)
                 else:
                     store.backend.clone(version_path(store, appimg, version), staged / "rootfs")
                 _make_home(store, staged / "home")
@@ -207,7 +228,7 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
                     {"realmfs": appimg},
                 )
                 atomic_write(staged / CONFIG_NAME, template)
-                found = origin.Origin(appimg, version.version, version.kind, now())
+                found = origin.Origin(appimg, version.version, version.kind, now(), uid_base)
                 write_toml(staged / origin.ORIGIN_NAME, found.to_toml())
                 checkpoint("realm-new:staged")
     checkpoint("realm-new:renamed")
@@ -270,16 +291,38 @@ def realm_settings(store: Store, name: str) -> dict[str, Any]:
 # Running
 
 
-def _binds(store: Store, name: str, settings: dict[str, Any]) -> tuple[list[Bind], list[str]]:
-    """The bind mounts and tmpfs mounts that the realm's settings ask for."""
+def _bind_target(name: str, key: str, entry: str, target: str) -> str:
+    """A bind's target inside the realm: absolute, normalized, and never the root itself (a
+    host tree over the realm's / would hand it the host's files as its system)."""
+    normal = os.path.normpath(target)
+    if not target.startswith("/") or ".." in target.split("/"):
+        raise InvalidInput(
+            f"realm {name}: {key}: {entry!r}: the target must be an absolute path without '..'"
+        )
+    if normal in ("/", "//"):
+        raise InvalidInput(f"realm {name}: {key}: {entry!r}: cannot bind over the realm's root")
+    return normal
+
+
+def _binds(
+    store: Store, name: str, settings: dict[str, Any], uid_base: int
+) -> tuple[list[Bind], list[tuple[Path, str]]]:
+    """The bind mounts that the realm's settings ask for and the tmpfs mounts made for them;
+    ``uid_base`` is the host uid of the realm's root (0 for a privileged realm)."""
     binds: list[Bind] = []
-    tmpfs: list[str] = []
+    tmpfs: list[tuple[Path, str]] = []
     if settings["use-ephemeral-home"]:
-        tmpfs.append(f"{REALM_HOME}:mode=0700,uid={REALM_UID},gid={REALM_UID}")
+        # A tmpfs of the container's own, owned by the realm's user as the host sees it
+        # (nspawn's --tmpfs would give it to the realm's root).
+        home = realm_dir(store, name) / "ephemeral-home"
+        home.mkdir(mode=0o700, exist_ok=True)
+        owner = uid_base + REALM_UID
+        tmpfs.append((home, f"mode=0700,uid={owner},gid={owner}"))
+        binds.append(Bind(home, REALM_HOME))
     else:
-        binds.append(Bind(realm_dir(store, name) / "home", REALM_HOME))
+        binds.append(Bind(realm_dir(store, name) / "home", REALM_HOME, idmap=True))
     if settings["use-shared-dir"]:
-        binds.append(Bind(store.shared_dir, f"{REALM_HOME}/Shared"))
+        binds.append(Bind(store.shared_dir, f"{REALM_HOME}/Shared", idmap=True))
     optional = [
         ("use-kvm", Path("/dev/kvm"), False),
         ("use-gpu", Path("/dev/dri"), False),
@@ -296,19 +339,20 @@ def _binds(store: Store, name: str, settings: dict[str, Any]) -> tuple[list[Bind
     for key, readonly in (("extra-bindmounts", False), ("extra-bindmounts-ro", True)):
         for entry in settings[key]:
             source, _, target = entry.partition(":")
-            if not source.startswith("/") or (target and not target.startswith("/")):
+            if not source.startswith("/"):
                 raise InvalidInput(f"realm {name}: {key}: {entry!r} is not an absolute path")
+            target = _bind_target(name, key, entry, target or source)
             if not Path(source).exists():
                 raise InvalidInput(f"realm {name}: {key}: {source} does not exist")
-            binds.append(Bind(Path(source), target or source, readonly))
+            binds.append(Bind(Path(source), target, readonly))
     return binds, tmpfs
 
 
 def _image_layers(
-    store: Store, name: str, found: origin.Origin, settings: dict[str, Any]
-) -> tuple[Overlay | None, Path]:
+    store: Store, name: str, found: origin.Origin, settings: dict[str, Any], userns: bool
+) -> tuple[Overlay | None, TreeView]:
     """For a realm on a block or sealed version: its overlay (the activated image below, the
-    realm's layer above) and the directory to read the image's files from before it runs."""
+    realm's layer above) and the view of its files before it runs (passwd, locale)."""
     with store.appimg_lock(found.appimg, shared=True, wait=LOCK_WAIT):
         record = load_record(store, found.appimg)
         version = record.version(found.appimg_version)
@@ -324,34 +368,68 @@ def _image_layers(
     directory = realm_dir(store, name)
     mode = settings["overlay"]
     if mode == "none":
-        return None, active.mountpoint
+        return None, TreeView([active.mountpoint])
     tmpfs = directory / "tmpfs" if mode == "tmpfs" else None
     if tmpfs is not None:
         tmpfs.mkdir(exist_ok=True)
-    layers = Overlay(active.mountpoint, directory / "upper", directory / "work", tmpfs)
-    return layers, active.mountpoint
+        view = TreeView([active.mountpoint])
+    else:
+        _own_layer(directory / "upper", found.uid_base if userns else 0)
+        view = TreeView([directory / "upper", active.mountpoint])
+    lower_view = directory / "lower"
+    lower_view.mkdir(exist_ok=True)
+    layers = Overlay(
+        active.mountpoint,
+        directory / "upper",
+        directory / "work",
+        tmpfs,
+        lower_view if userns else None,
+    )
+    return layers, view
+
+
+def _own_layer(upper: Path, base: int | None) -> None:
+    """Give the realm's writable layer to the uid range it runs in: its root's files belong to
+    the realm's host range in a user namespace, to host root otherwise (a layer written in the
+    other mode, or before realms used user namespaces, is shifted once)."""
+    assert base is not None
+    owner = os.lstat(upper).st_uid
+    current = owner - owner % idmap.RANGE_SIZE if owner >= idmap.RANGE_SIZE else 0
+    if current != base:
+        with log.step(f"Moving the files of {upper} into uid range {base}"):
+            idmap.shift_owners(upper, current, base)
+
+
+def _ensure_uid_base(store: Store, name: str, found: origin.Origin) -> origin.Origin:
+    """The realm's origin with a uid range (one is given to a realm made before realms used
+    user namespaces); the caller holds the realm as running."""
+    if found.uid_base is not None:
+        return found
+    taken = [o.uid_base for o in origin.all_origins(store.realms_dir).values() if o.uid_base]
+    found = dataclasses.replace(found, uid_base=idmap.pick_base(taken))
+    write_toml(realm_dir(store, name) / origin.ORIGIN_NAME, found.to_toml())
+    return found
 
 
 def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = False) -> int:
     """Run ``command`` (a login shell when empty) in realm ``name``; return its exit status.
 
-    It runs as the realm's user (uid 1000, in /home/user) unless ``root``. A realm on a block
-    or sealed version runs on an overlay of the activated image (checked first, see
+    It runs as the realm's user (uid 1000, in /home/user) unless ``root``, in a user namespace
+    of the realm's own uid range unless its config says ``isolation = "privileged"``. A realm
+    on a block or sealed version runs on an overlay of the activated image (checked first, see
     :mod:`realms.activation`) and its own writable layer.
     """
     with running(store, name) as directory:
         settings = realm_settings(store, name)
-        found = origin.load(directory)
+        found = _ensure_uid_base(store, name, origin.load(directory))
+        userns = settings["isolation"] == "userns"
         rootfs = directory / "rootfs"
         overlay = None
-        # Where to read the image's own files (passwd, locale) before it runs.
-        view = rootfs
+        view = TreeView([rootfs])
         if found.kind in activation.IMAGE_KINDS:
-            overlay, view = _image_layers(store, name, found, settings)
+            overlay, view = _image_layers(store, name, found, settings, userns)
             if overlay is None:
-                rootfs = view  # overlay = "none": the image itself, read-only
-            elif overlay.tmpfs is None and os.path.lexists(overlay.upper / "etc/passwd"):
-                view = overlay.upper  # the realm changed it: its own layer wins
+                rootfs = view.layers[0]  # overlay = "none": the image itself, read-only
         check_os_tree(view, f"the root filesystem of realm {name!r}")
         user = None
         if not root:
@@ -361,7 +439,8 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
                     f"realm {name!r} has no user with uid {REALM_UID} in its /etc/passwd",
                     hint="run as root with --root, or make the appimg with a user",
                 )
-        binds, tmpfs = _binds(store, name, settings)
+        uid_base = found.uid_base if userns and found.uid_base is not None else 0
+        binds, tmpfs = _binds(store, name, settings, uid_base)
         lang = default_locale(view)
         container = Container(
             rootfs=rootfs,
@@ -369,11 +448,12 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
             command=command,
             user=user,
             binds=binds,
-            tmpfs=tmpfs,
+            scratch=tmpfs,
             private_network=not settings["use-network"],
             workdir=REALM_HOME if user else None,
             environment={"LANG": lang} if lang else {},
             overlay=overlay,
             read_only=found.kind in activation.IMAGE_KINDS and overlay is None,
+            private_users=uid_base if userns else None,
         )
         return run_container(container)

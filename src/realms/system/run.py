@@ -99,12 +99,14 @@ def popen(
     cwd: Path | None = None,
     start_new_session: bool = False,
     die_with_parent: bool | signal.Signals = False,
+    setup: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a command and return the process; the caller waits for it.
 
     With ``die_with_parent`` the kernel sends the command SIGTERM (or the signal given) if
     realms dies first, even by SIGKILL, so that no container outlives the command that started
-    it.
+    it. ``setup`` runs in the child between fork and exec (after the death signal is asked
+    for); if it raises, :class:`subprocess.SubprocessError` is raised here.
     """
     args = _strings(argv)
     log.debug("+ " + shlex.join(args))
@@ -117,7 +119,7 @@ def popen(
             env=env,
             cwd=cwd,
             start_new_session=start_new_session,
-            preexec_fn=_death_signal(die_with_parent) if die_with_parent else None,  # noqa: PLW1509
+            preexec_fn=_child_setup(die_with_parent, setup),  # noqa: PLW1509
         )
     except FileNotFoundError as error:
         if error.filename == args[0]:
@@ -126,6 +128,21 @@ def popen(
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(
+    die_with_parent: bool | signal.Signals, setup: Callable[[], None] | None
+) -> Callable[[], None] | None:
+    ask = _death_signal(die_with_parent) if die_with_parent else None
+    if setup is None:
+        return ask
+
+    def both() -> None:
+        if ask is not None:
+            ask()
+        setup()
+
+    return both
 
 
 def _death_signal(which: bool | signal.Signals) -> Callable[[], None]:

@@ -1,0 +1,253 @@
+"""User namespaces and idmapped mounts: how a realm's root is kept from being host root.
+
+A realm runs in a user namespace of its own: its uids 0..65535 are the host's ``base ..
+base+65535``, a range kept in the realm's record (:mod:`realms.origin`) so that every run of the
+realm gets the same one. Its files stay owned by 0..65535 on disk: the kernel shows them through
+an *idmapped mount* (a mount whose owners are shifted by a user namespace). For tree realms
+systemd-nspawn makes that mount itself (``--private-users-ownership=map``). For realms on block
+and sealed images nspawn cannot idmap the overlay it would be given, so realms builds the layers
+itself in the container's own mount namespace: an idmapped clone of the shared read-only
+activation as the lower layer, the realm's writable layer (owned by the realm's host range) as
+the upper, the overlay on top; then nspawn runs with ``--private-users-ownership=off``.
+
+The syscalls (open_tree, mount_setattr, move_mount) have no wrapper in Python's standard library;
+ctypes calls them by number, which is the same on every architecture for these new syscalls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from realms.errors import RealmsError
+
+RANGE_SIZE = 65536
+# systemd's range for container uids (UIDS-GIDS.md): 0x00080000 .. 0x6FFFFFFF. Ranges are
+# aligned to 65536 as nspawn's own are.
+FIRST_BASE = 0x00080000
+LAST_BASE = 0x6FFF0000
+
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_MOUNT_SETATTR = 442
+_OPEN_TREE_CLONE = 1
+_OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+_AT_RECURSIVE = 0x8000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_MOUNT_ATTR_IDMAP = 0x00100000
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNS = 0x00020000
+_MS_REC = 0x4000
+_MS_PRIVATE = 0x40000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _checked(result: int, what: str) -> int:
+    if result < 0:
+        number = ctypes.get_errno()
+        raise OSError(number, f"{what}: {os.strerror(number)}")
+    return result
+
+
+def pick_base(taken: Iterable[int]) -> int:
+    """A random free range for a new realm (random, so that the realms of two stores on one
+    host are unlikely to share one; never one of ``taken``, the store's own)."""
+    used = set(taken)
+    count = (LAST_BASE - FIRST_BASE) // RANGE_SIZE + 1
+    for _attempt in range(1000):
+        base = FIRST_BASE + secrets.randbelow(count) * RANGE_SIZE
+        if base not in used:
+            return base
+    raise RealmsError("no free uid range for a new realm")
+
+
+def check_base(base: int) -> int:
+    if base % RANGE_SIZE or not FIRST_BASE <= base <= LAST_BASE:
+        raise RealmsError(f"uid range {base} is not an aligned container range")
+    return base
+
+
+@dataclass(frozen=True)
+class UserNamespace:
+    """A user namespace that maps 0..65535 to the host's ``base``.., held open by a file
+    descriptor (the namespace lives as long as the descriptor)."""
+
+    base: int
+    fd: int
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def make_user_namespace(base: int) -> UserNamespace:
+    """Create the namespace: a short-lived child unshares it, realms writes its maps and keeps
+    a descriptor to it, then the child goes."""
+
+    def unshare() -> None:
+        _checked(_libc.unshare(_CLONE_NEWUSER), "unshare")
+
+    child = subprocess.Popen(  # not through system/run: nothing is run, sleep only holds it
+        ["sleep", "60"],
+        preexec_fn=unshare,  # noqa: PLW1509 (one syscall, before exec)
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{child.pid}/{name}", "w") as handle:
+                handle.write(f"0 {base} {RANGE_SIZE}\n")
+        fd = os.open(f"/proc/{child.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise RealmsError(
+            f"cannot make a user namespace for uid range {base}: {error.strerror}",
+            hint="the kernel must allow user namespaces (user.max_user_namespaces > 0); "
+            'or set isolation = "privileged" in the realm\'s config',
+        ) from None
+    finally:
+        child.kill()
+        child.wait()
+    return UserNamespace(base, fd)
+
+
+def _clone(source: Path) -> int:
+    """A detached copy of the mount tree at ``source`` (a descriptor; gone when closed unless
+    attached with :func:`_attach`)."""
+    return _checked(
+        _libc.syscall(
+            _SYS_OPEN_TREE,
+            _AT_FDCWD,
+            os.fsencode(source),
+            _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | _AT_RECURSIVE,
+        ),
+        f"open_tree {source}",
+    )
+
+
+def _set_attributes(
+    tree: int, what: str, *, set_: int = 0, clear: int = 0, userns: int = 0
+) -> None:
+    attributes = _MountAttr(set_, clear, 0, userns)
+    _checked(
+        _libc.syscall(
+            _SYS_MOUNT_SETATTR,
+            tree,
+            b"",
+            _AT_EMPTY_PATH | _AT_RECURSIVE,
+            ctypes.byref(attributes),
+            ctypes.sizeof(attributes),
+        ),
+        what,
+    )
+
+
+def _attach(tree: int, target: Path) -> None:
+    _checked(
+        _libc.syscall(
+            _SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH
+        ),
+        f"attaching {target}",
+    )
+
+
+def _idmapped_clone(source: Path, userns: UserNamespace) -> int:
+    tree = _clone(source)
+    try:
+        _set_attributes(tree, f"idmapping {source}", set_=_MOUNT_ATTR_IDMAP, userns=userns.fd)
+    except BaseException:
+        os.close(tree)
+        raise
+    return tree
+
+
+def idmap_supported(path: Path, userns: UserNamespace) -> bool:
+    """Whether the filesystem at ``path`` can be idmapped (the clone is never attached)."""
+    try:
+        os.close(_idmapped_clone(path, userns))
+    except OSError:
+        return False
+    return True
+
+
+def require_idmap(path: Path, userns: UserNamespace, what: str) -> None:
+    if not idmap_supported(path, userns):
+        raise RealmsError(
+            f"{what} cannot run in a user namespace: the kernel or the filesystem of {path} "
+            "has no idmapped mounts",
+            hint="use a kernel >= 5.19 with the store on btrfs, ext4 or xfs; or set isolation = "
+            '"privileged" in the realm\'s config (its root is then host root)',
+        )
+
+
+def mount_idmapped(source: Path, target: Path, userns: UserNamespace) -> None:
+    """Attach an idmapped clone of ``source`` at ``target`` (in the caller's mount namespace)."""
+    tree = _idmapped_clone(source, userns)
+    try:
+        _attach(tree, target)
+    finally:
+        os.close(tree)
+
+
+def enter_private_mount_namespace() -> None:
+    """Give the calling process a mount namespace of its own, whose mounts propagate nowhere
+    and vanish with it."""
+    _checked(_libc.unshare(_CLONE_NEWNS), "unshare")
+    _checked(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
+
+
+def mount(source: str, target: Path, fstype: str, options: str) -> None:
+    _checked(
+        _libc.mount(source.encode(), os.fsencode(target), fstype.encode(), 0, options.encode()),
+        f"mounting {fstype} at {target}",
+    )
+
+
+def shift_owners(tree: Path, old_base: int, new_base: int) -> None:
+    """Move the owners of every file below ``tree`` from the range at ``old_base`` to the one
+    at ``new_base`` (0 is host root's range): a realm's writable layer that was written in
+    another mode (before realms used user namespaces, or with ``isolation`` changed)."""
+
+    def shifted(value: int) -> int:
+        if old_base <= value < old_base + RANGE_SIZE:
+            return value - old_base + new_base
+        return value
+
+    for directory, subdirectories, files in os.walk(tree):
+        for entry in (directory, *(os.path.join(directory, n) for n in subdirectories + files)):
+            info = os.lstat(entry)
+            os.lchown(entry, shifted(info.st_uid), shifted(info.st_gid))
+            if not os.path.islink(entry):
+                os.chmod(entry, info.st_mode & 0o7777)  # chown dropped setuid and setgid
+
+
+_MOUNT_ATTR_NOSUID = 0x00000002
+
+
+def bind_allowing_suid(tree: Path) -> None:
+    """Bind ``tree`` onto itself without the ``nosuid`` of the mount it lives on (the store's
+    pool): in the container's own mount namespace only, where its setuid programs (sudo) must
+    work, while on the host they never do."""
+    clone = _clone(tree)
+    try:
+        _set_attributes(clone, f"allowing setuid programs in {tree}", clear=_MOUNT_ATTR_NOSUID)
+        _attach(clone, tree)
+    finally:
+        os.close(clone)
