@@ -90,13 +90,27 @@ __all__ = [
 
 
 def update_appimg(
-    store: Store, name: str | None, command: list[str], *, discard: bool = False
+    store: Store,
+    name: str | None,
+    command: list[str],
+    *,
+    discard: bool = False,
+    commit_kept: bool = False,
+    discard_kept: bool = False,
 ) -> UpdateResult:
     """A root shell (or ``command``) on a working copy of the appimg; exit 0 commits it as a
-    new version (see realms.appimg.update)."""
+    new version, unless another version became current meanwhile: then it is kept, for
+    ``commit_kept`` or ``discard_kept`` (see realms.appimg.update)."""
     from realms.appimg import update
 
-    return update.update_appimg(store, name, command, discard=discard)
+    return update.update_appimg(
+        store,
+        name,
+        command,
+        discard=discard,
+        commit_kept=commit_kept,
+        discard_kept=discard_kept,
+    )
 
 
 def appimg_versions(store: Store, name: str) -> AppimgRecord:

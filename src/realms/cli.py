@@ -217,6 +217,13 @@ def cmd_appimg_versions(args: argparse.Namespace) -> int:
         )
     else:
         _print_versions(record)
+        if record.kept is not None:
+            kept = record.kept
+            log.note(
+                f"kept update of version {kept.base} ({kept.detail}, {kept.created}), not "
+                f"committed because {kept.reason}: 'realms update-appimg {record.name} "
+                "--commit-kept' or '--discard-kept'"
+            )
     return 0
 
 
@@ -378,8 +385,25 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_update_appimg(args: argparse.Namespace) -> int:
-    result = api.update_appimg(_store(args), args.name, args.trailing or [], discard=args.discard)
-    if result.committed is not None:
+    kept_option = (
+        "--commit-kept" if args.commit_kept else "--discard-kept" if args.discard_kept else ""
+    )
+    if kept_option and (args.trailing is not None or args.discard):
+        raise _UsageError(f"{kept_option} takes no command and no --discard")
+    result = api.update_appimg(
+        _store(args),
+        args.name,
+        args.trailing or [],
+        discard=args.discard,
+        commit_kept=args.commit_kept,
+        discard_kept=args.discard_kept,
+    )
+    if result.kept is not None and result.committed is None:
+        log.note(
+            f"Deleted the kept update of version {result.kept.base}: appimg {result.appimg} "
+            f"stays at version {result.base}"
+        )
+    elif result.committed is not None:
         version = result.committed
         change = f"; {_change(version)} written" if version.written is not None else ""
         log.note(
@@ -792,13 +816,28 @@ def build_parser() -> argparse.ArgumentParser:
         "it exits with status 0 the snapshot becomes the appimg's new current version; any "
         "other status, --discard, or realms being stopped or killed leaves the appimg as it "
         "was. Realms are never changed: realms made before show as outdated. The exit status "
-        "is passed through.",
+        "is passed through. An update commits only on the version it started from: if another "
+        "version became current while it ran (an import, a build, a seal, a rollback), "
+        "nothing is committed and its tree is kept (appimg/NAME/kept-update, shown by "
+        "'realms appimg versions') until --commit-kept commits it anyway as the next version "
+        "or --discard-kept deletes it; no other update of the appimg starts meanwhile.",
     )
     update.add_argument("name", nargs="?", help="default: the default appimg")
     update.add_argument(
         "--discard", action="store_true", help="never commit: a scratch session on a copy"
     )
-    update.usage = "realms update-appimg [-h] [--discard] [NAME] [-- COMMAND [ARG ...]]"
+    kept = update.add_mutually_exclusive_group()
+    kept.add_argument(
+        "--commit-kept",
+        action="store_true",
+        help="commit the kept update (one refused because another version became current "
+        "while it ran) anyway, as the next version",
+    )
+    kept.add_argument("--discard-kept", action="store_true", help="delete the kept update")
+    update.usage = (
+        "realms update-appimg [-h] [--discard] [NAME] [-- COMMAND [ARG ...]]\n"
+        "       realms update-appimg [-h] [NAME] --commit-kept | --discard-kept"
+    )
     new = command(
         commands,
         "new",

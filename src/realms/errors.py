@@ -72,6 +72,11 @@ class Busy(RealmsError):
     """Another process holds a lock this command needs."""
 
 
+class Conflict(RealmsError):
+    """Something changed while a command worked (another version became current during an
+    update), so that finishing it would silently undo that change."""
+
+
 class InvalidName(RealmsError):
     """A realm or appimg name breaks the naming rule."""
 

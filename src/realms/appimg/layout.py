@@ -3,9 +3,11 @@
 ``appimg/NAME/`` holds ``appimg.toml`` and one tree (``vN``) or image file (``vN.img``) per
 version. Beside them, while a command works, are temporary names: ``.new.vN.RANDOM`` (a version
 being made) and ``.update.RANDOM`` (the working copy of an update session, or the work directory
-of a seal: both are made under the appimg's update lock). Whatever the record does not
-name is a leftover of a killed command; :func:`clean_versions` deletes it under the appimg's lock,
-but a working snapshot only while no update session holds the appimg's update lock.
+of a seal: both are made under the appimg's update lock). ``kept-update`` is the tree of an
+update that was refused because another version became current while it ran; the record's
+``kept`` names it. Whatever the record does not name is a leftover of a killed command;
+:func:`clean_versions` deletes it under the appimg's lock, but a working snapshot only while no
+update session holds the appimg's update lock.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from realms.names import check_appimg_name
 from realms.store import DELETED_PREFIX, NEW_PREFIX, WORKING_PREFIX, Store
 
 LOCK_WAIT = 30.0
+KEPT_NAME = "kept-update"
 
 
 def appimg_dir(store: Store, name: str) -> Path:
@@ -30,6 +33,11 @@ def appimg_dir(store: Store, name: str) -> Path:
 
 def version_path(store: Store, name: str, version: Version) -> Path:
     return appimg_dir(store, name) / version.tree_name()
+
+
+def kept_path(store: Store, name: str) -> Path:
+    """Where the tree of an update that could not be committed is kept."""
+    return appimg_dir(store, name) / KEPT_NAME
 
 
 def update_lock_path(store: Store, name: str) -> Path:
@@ -72,7 +80,7 @@ def clean_versions(
     known = {v.tree_name() for v in record.versions}
     removed = 0
     for entry in sorted(os.listdir(directory)):
-        if entry == RECORD_NAME or entry in known:
+        if entry == RECORD_NAME or entry in known or (entry == KEPT_NAME and record.kept):
             continue
         path = directory / entry
         if entry.startswith(WORKING_PREFIX) and not update_lock_held:
@@ -81,8 +89,10 @@ def clean_versions(
                     store.backend.remove(path)
             except Busy:
                 continue  # a live update session's working snapshot
-        elif entry.startswith((NEW_PREFIX, DELETED_PREFIX, WORKING_PREFIX)) or re.fullmatch(
-            r"v\d+(\.img)?", entry
+        elif (
+            entry.startswith((NEW_PREFIX, DELETED_PREFIX, WORKING_PREFIX))
+            or entry == KEPT_NAME  # kept by an update killed before the record said so
+            or re.fullmatch(r"v\d+(\.img)?", entry)
         ):
             store.backend.remove(path)
         else:

@@ -10,6 +10,10 @@ renumbered; a new version always gets a number higher than every version there e
 
 The ``history`` lists every change of the current version (import, build, update, rollback),
 so that a rollback is itself a recorded change.
+
+``kept`` describes an update whose commit was refused because another version became current
+while it ran (see :mod:`realms.appimg.update`): its working tree stays as ``kept-update`` beside
+the versions until it is committed anyway or discarded.
 """
 
 from __future__ import annotations
@@ -51,6 +55,25 @@ class Version:
 
 
 @dataclass
+class KeptUpdate:
+    """An update that was not committed because the appimg moved on while it ran."""
+
+    base: int
+    """The version the update started from."""
+    kind: str
+    """The kind of that version: a kept update of a block or sealed version is sealed again
+    when it is committed."""
+    created: str
+    detail: str
+    reason: str
+    """What made another version current meanwhile (the history's change)."""
+    written: int | None = None
+    files_changed: int | None = None
+    fs: str | None = None
+    channel: str | None = None
+
+
+@dataclass
 class Change:
     time: str
     action: str
@@ -66,6 +89,7 @@ class AppimgRecord:
     history: list[Change] = field(default_factory=list)
     highest: int = 0
     """The highest version number ever given, so that numbers are never reused."""
+    kept: KeptUpdate | None = None
 
     def version(self, number: int) -> Version | None:
         return next((v for v in self.versions if v.version == number), None)
@@ -94,13 +118,16 @@ class AppimgRecord:
         def without_none(item: Any) -> dict[str, Any]:
             return {k: v for k, v in asdict(item).items() if v is not None}
 
-        return {
+        data = {
             "name": self.name,
             "current": self.current,
             "highest": max(self.highest, self.current),
             "versions": [without_none(v) for v in self.versions],
             "history": [without_none(c) for c in self.history],
         }
+        if self.kept is not None:
+            data["kept"] = without_none(self.kept)
+        return data
 
 
 def load(directory: Path) -> AppimgRecord:
@@ -109,8 +136,14 @@ def load(directory: Path) -> AppimgRecord:
     try:
         versions = [Version(**entry) for entry in data["versions"]]
         history = [Change(**entry) for entry in data.get("history", [])]
+        kept = KeptUpdate(**data["kept"]) if "kept" in data else None
         record = AppimgRecord(
-            str(data["name"]), int(data["current"]), versions, history, int(data.get("highest", 0))
+            str(data["name"]),
+            int(data["current"]),
+            versions,
+            history,
+            int(data.get("highest", 0)),
+            kept,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidInput(f"{path}: damaged appimg record ({error})") from None

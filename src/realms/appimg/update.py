@@ -17,34 +17,45 @@ Citadel's ``update-appimg`` edited the live image. Here a session works on a cop
    working copy. If realms is killed outright, the kernel stops the container (see
    :func:`realms.system.run.popen`) and the next command that takes the update lock deletes
    the working copy: the appimg stays as it was.
+5. A commit happens only on the version the session started from. If another version became
+   current meanwhile (an import ``--new-version``, a build, a seal, a rollback), committing
+   would hide that version's changes behind "update of N": the commit is refused, and the
+   session's tree is kept as ``appimg/NAME/kept-update`` (frozen, named in the record, shown by
+   ``realms appimg versions``) for inspection. ``realms update-appimg NAME --commit-kept``
+   commits it anyway as the next version (the other version stays, no longer current);
+   ``--discard-kept`` deletes it. Until then no other update of that appimg starts, so that
+   nothing is dropped without someone deciding it.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from realms import log
 from realms.activation import IMAGE_KINDS
-from realms.appimg.images import commit_image, reserve_number
+from realms.appimg.images import reserve_number
 from realms.appimg.layout import (
     LOCK_WAIT,
     appimg_dir,
     clean_versions,
+    kept_path,
     load_record,
     no_update_running,
     version_path,
 )
-from realms.appimg.record import RECORD_NAME, Change, Version
+from realms.appimg.record import RECORD_NAME, AppimgRecord, Change, KeptUpdate, Version
 from realms.container import Container, check_os_tree
 from realms.container import run as run_container
-from realms.errors import NotFound, RealmsError
+from realms.errors import Conflict, NotFound, RealmsError
 from realms.faults import checkpoint
 from realms.image import filesystem, keys, realmfs
 from realms.image.header import HEADER_SIZE
 from realms.names import check_appimg_name
+from realms.storage import Changes
 from realms.store import WORKING_PREFIX, Store, write_toml
 from realms.system import mounts
 from realms.system.fs import (
@@ -70,16 +81,40 @@ class UpdateResult:
     """The exit status of the shell or command."""
     committed: Version | None
     discarded: bool
+    kept: KeptUpdate | None = None
+    """With ``commit_kept`` or ``discard_kept``: the kept update that was committed or deleted
+    (``base`` is then the version it started from, or the current version if it was deleted)."""
 
 
 def update_appimg(
-    store: Store, name: str | None, command: list[str], *, discard: bool = False
+    store: Store,
+    name: str | None,
+    command: list[str],
+    *,
+    discard: bool = False,
+    commit_kept: bool = False,
+    discard_kept: bool = False,
 ) -> UpdateResult:
     """Run ``command`` (a root shell when empty) on a working copy of appimg ``name`` (default:
-    the config's default-appimg) and commit it as a new version if it exits 0."""
+    the config's default-appimg) and commit it as a new version if it exits 0, unless another
+    version became current meanwhile: then the working copy is kept and Conflict raised.
+    ``commit_kept`` commits such a kept update anyway, ``discard_kept`` deletes it."""
     name = check_appimg_name(name or store.config.default_appimg)
     with no_update_running(store, name):
-        base = load_record(store, name).current_version
+        if commit_kept:
+            return _commit_kept(store, name)
+        if discard_kept:
+            return _discard_kept(store, name)
+        record = load_record(store, name)
+        if record.kept is not None:
+            kept = record.kept
+            raise Conflict(
+                f"appimg {name!r} has an update of version {kept.base} that was not committed "
+                f"because {kept.reason} while it ran ({kept.detail}, {kept.created}); it is kept "
+                f"in {kept_path(store, name)}",
+                hint=_kept_hint(name),
+            )
+        base = record.current_version
         if base.kind in IMAGE_KINDS:
             return _update_image(store, name, base, command, discard=discard)
         working, base, marker = _start(store, name)
@@ -147,6 +182,62 @@ def _is_empty_file(root: Path, relative: str) -> bool:
         return False
 
 
+def _kept_hint(name: str) -> str:
+    return (
+        f"look at it; 'realms update-appimg {name} --commit-kept' commits it anyway as the "
+        f"next version, 'realms update-appimg {name} --discard-kept' deletes it"
+    )
+
+
+def _moved_on(record: AppimgRecord, base: Version) -> str | None:
+    """What made another version current since ``base`` was, or None if it still is."""
+    if record.current == base.version:
+        return None
+    last = next((c for c in reversed(record.history) if c.version == record.current), None)
+    return f"version {record.current} became current" + (f" ({last.action})" if last else "")
+
+
+def _keep(
+    store: Store,
+    name: str,
+    record: AppimgRecord,
+    tree: Path,
+    base: Version,
+    *,
+    reason: str,
+    detail: str,
+    changes: Changes | None = None,
+    fs: str | None = None,
+    channel: str | None = None,
+) -> Conflict:
+    """Keep the session's ``tree`` as the appimg's kept update and return the error that says
+    so. The caller holds the appimg's lock."""
+    # Renamed before it is frozen: btrfs does not move a read-only subvolume to another
+    # directory (the working tree of an image update is one level down).
+    rename_noreplace(tree, kept_path(store, name))
+    store.backend.freeze(kept_path(store, name))
+    fsync_dir(appimg_dir(store, name))
+    # Killed here, the kept tree is one the record does not name: a leftover, deleted later.
+    checkpoint("appimg-update:kept")
+    record.kept = KeptUpdate(
+        base.version,
+        base.kind,
+        now(),
+        detail,
+        reason,
+        changes.written if changes else None,
+        changes.files if changes else None,
+        fs,
+        channel,
+    )
+    write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+    return Conflict(
+        f"not committed: {reason} while this update of version {base.version} ran; the "
+        f"update is kept in {kept_path(store, name)}",
+        hint=_kept_hint(name),
+    )
+
+
 def _commit(
     store: Store, name: str, working: Path, base: Version, *, marker: int | None, detail: str
 ) -> Version:
@@ -156,6 +247,11 @@ def _commit(
     changes = store.backend.changes_since(working, marker) if marker is not None else None
     with store.appimg_lock(name, wait=LOCK_WAIT):
         record = load_record(store, name)
+        reason = _moved_on(record, base)
+        if reason is not None:
+            raise _keep(
+                store, name, record, working, base, reason=reason, detail=detail, changes=changes
+            )
         version = Version(record.next_number(), "tree", now(), "update", detail)
         version.parent = base.version
         if changes is not None:
@@ -178,19 +274,10 @@ def _update_image(
     The key is checked before the session starts."""
     image = version_path(store, name, base)
     header, _ = realmfs.read_header(image)
-    meta = header.metainfo
-    seed = None
-    if base.kind == "sealed":
-        channel = meta.channel or ""
-        try:
-            seed = keys.Keyring(store).signing_seed(channel)
-        except NotFound:
-            raise RealmsError(
-                f"appimg {name!r} is sealed for channel {channel!r}, and this store has no "
-                "signing key for it: the update could not be resealed",
-                hint=f"'realms key generate {channel}' (and trust it where the image is used)",
-            ) from None
+    channel = header.metainfo.channel if base.kind == "sealed" else None
     fs = filesystem.detect(image, HEADER_SIZE) or "ext4"
+    spec = _ImageSpec(base.kind, fs, channel, _signing_seed(store, name, channel))
+    # Before the work directory exists: reserving cleans the appimg's directory.
     _, number = reserve_number(store, name)
     work = appimg_dir(store, name) / f"{WORKING_PREFIX}{token()}"
     work.mkdir()
@@ -198,31 +285,184 @@ def _update_image(
         tree = work / "tree"
         store.backend.create_tree(tree)
         with log.step(f"Copying the files of version {base.version} into a working tree"):
-            _unpack(image, meta.nblocks or 0, fs, tree, work / "lower")
+            _unpack(image, header.metainfo.nblocks or 0, fs, tree, work / "lower")
         status = _run(store, name, tree, command)
         if status != 0 or discard:
             return UpdateResult(name, base.version, status, None, discard)
         detail = shlex.join(command) if command else "interactive shell"
-        made = realmfs.seal_tree(
+
+        def keep_if_moved_on(record: AppimgRecord) -> None:
+            reason = _moved_on(record, base)
+            if reason is not None:
+                raise _keep(
+                    store,
+                    name,
+                    record,
+                    tree,
+                    base,
+                    reason=reason,
+                    detail=detail,
+                    fs=spec.fs,
+                    channel=spec.channel,
+                )
+
+        # Checked before the seal (which takes a while) and again at the commit.
+        with store.appimg_lock(name, wait=LOCK_WAIT):
+            keep_if_moved_on(load_record(store, name))
+        version = _seal_and_commit(
+            store,
+            name,
             tree,
-            work / "image.img",
-            scratch=work,
-            name=name,
-            version=number,
-            fs=fs,
-            channel=meta.channel if seed else None,
-            seed=seed,
-            verity=seed is not None,
-        )
-        version = Version(number, base.kind, now(), "update", detail, size=made.size)
-        version.parent = base.version
-        commit_image(
-            store, name, work / "image.img", version, Change(now(), "update", number, detail)
+            work,
+            spec,
+            number=number,
+            detail=detail,
+            check=keep_if_moved_on,
+            parent=base.version,
         )
         return UpdateResult(name, base.version, status, version, False)
     finally:
         with log.step("Removing the working copy"):
             store.remove(work)
+
+
+def _signing_seed(store: Store, name: str, channel: str | None) -> bytes | None:
+    """The channel's signing key for a sealed version (None: a block version); refused without
+    it, before any work is done."""
+    if channel is None:
+        return None
+    try:
+        return keys.Keyring(store).signing_seed(channel)
+    except NotFound:
+        raise RealmsError(
+            f"appimg {name!r} is sealed for channel {channel!r}, and this store has no "
+            "signing key for it: the update could not be resealed",
+            hint=f"'realms key generate {channel}' (and trust it where the image is used)",
+        ) from None
+
+
+@dataclass(frozen=True)
+class _ImageSpec:
+    """What an update of a block or sealed version makes again: the kind, the filesystem, and
+    for a sealed version its channel and that channel's signing key."""
+
+    kind: str
+    fs: str
+    channel: str | None
+    seed: bytes | None
+
+
+def _seal_and_commit(
+    store: Store,
+    name: str,
+    tree: Path,
+    work: Path,
+    spec: _ImageSpec,
+    *,
+    number: int,
+    detail: str,
+    check: Callable[[AppimgRecord], None],
+    parent: int,
+) -> Version:
+    """Make an image of ``kind`` from ``tree`` in ``work`` and commit it as the next version,
+    after ``check`` (called with the record, under the appimg's lock) lets it."""
+    made = realmfs.seal_tree(
+        tree,
+        work / "image.img",
+        scratch=work,
+        name=name,
+        version=number,
+        fs=spec.fs,
+        channel=spec.channel if spec.seed else None,
+        seed=spec.seed,
+        verity=spec.seed is not None,
+    )
+    version = Version(number, spec.kind, now(), "update", detail, size=made.size, parent=parent)
+    with store.appimg_lock(name, wait=LOCK_WAIT):
+        record = load_record(store, name)
+        check(record)
+        rename_noreplace(work / "image.img", version_path(store, name, version))
+        fsync_dir(appimg_dir(store, name))
+        record.add(version, Change(now(), "update", number, detail))
+        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+    return version
+
+
+# Kept updates
+
+
+def _kept(store: Store, name: str) -> KeptUpdate:
+    kept = load_record(store, name).kept
+    if kept is None:
+        raise NotFound(f"appimg {name!r} has no kept update")
+    return kept
+
+
+def _commit_kept(store: Store, name: str) -> UpdateResult:
+    """Commit the kept update as the next version, over whatever version is current."""
+    kept = _kept(store, name)
+    if kept.kind in IMAGE_KINDS:
+        spec = _ImageSpec(
+            kept.kind, kept.fs or "ext4", kept.channel, _signing_seed(store, name, kept.channel)
+        )
+        _, number = reserve_number(store, name)
+        work = appimg_dir(store, name) / f"{WORKING_PREFIX}{token()}"
+        work.mkdir()
+        try:
+
+            def clear(record: AppimgRecord) -> None:
+                record.kept = None  # written with the new version, in one rename
+
+            version = _seal_and_commit(
+                store,
+                name,
+                kept_path(store, name),
+                work,
+                spec,
+                number=number,
+                detail=kept.detail,
+                check=clear,
+                parent=kept.base,
+            )
+        finally:
+            store.remove(work)
+    else:
+        with store.appimg_lock(name, wait=LOCK_WAIT):
+            record = load_record(store, name)
+            kept = _kept(store, name)
+            version = Version(record.next_number(), "tree", now(), "update", kept.detail)
+            version.parent, version.written = kept.base, kept.written
+            version.files_changed = kept.files_changed
+            # A snapshot, not a rename: killed at any moment, either the record still names
+            # the kept tree, or it names the new version (and the kept tree is a leftover).
+            with store.staging(
+                version_path(store, name, version), f"{name} v{version.version}"
+            ) as tree:
+                store.backend.clone(kept_path(store, name), tree)
+                store.backend.freeze(tree)
+            record.kept = None
+            record.add(version, Change(now(), "update", version.version, kept.detail))
+            write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+    _discard_kept_tree(store, name)
+    return UpdateResult(name, kept.base, 0, version, False, kept)
+
+
+def _discard_kept(store: Store, name: str) -> UpdateResult:
+    with store.appimg_lock(name, wait=LOCK_WAIT):
+        record = load_record(store, name)
+        kept = _kept(store, name)
+        record.kept = None
+        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+    _discard_kept_tree(store, name)
+    return UpdateResult(name, record.current, 0, None, True, kept)
+
+
+def _discard_kept_tree(store: Store, name: str) -> None:
+    """Delete the kept tree, which the record no longer names."""
+    with store.appimg_lock(name, wait=LOCK_WAIT):
+        if kept_path(store, name).exists():
+            with log.step("Removing the kept update"):
+                store.discard(kept_path(store, name))
 
 
 def _unpack(image: Path, nblocks: int, fs: str, tree: Path, lower: Path) -> None:
