@@ -523,6 +523,11 @@ def _load(data: dict[str, Any], where: str, context: _Context) -> BuildConfig:
                 f"{where}: packages: the module {module} needs the package {package}",
                 hint=f"add {package!r} to packages, or remove {module} from [modules]",
             )
+    if top["bootstrapper"] == "debootstrap" and top["variant"] not in ("minbase", "important"):
+        raise InvalidInput(
+            f"{where}: variant: debootstrap has no variant {top['variant']!r}",
+            hint="use minbase or important with debootstrap, or bootstrapper = mmdebstrap",
+        )
     before = _modules(module_lists["before"], context, f"{where} [modules] before")
     after = _modules(module_lists["after"], context, f"{where} [modules] after")
     file_specs = _files(files, context, where)
