@@ -6,15 +6,16 @@ realm from an appimg) take it shared. A lock dies with its process, so a killed 
 leaves a lock behind, and a temporary name whose lock is free belongs to a dead command and may
 be cleaned up (see :mod:`realms.store`).
 
-The holder of an exclusive lock writes its pid and command line into the lock file, so that a
-command that finds the lock taken can say who has it.
+Nothing is ever written into a lock file: it is created empty once and only opened and locked
+after that, so that commands which free space (``realms remove``, ``appimg remove``, ``prune``)
+work on a full store. A command that finds a lock taken finds who holds it in ``/proc/locks``, by
+the lock file's device and inode, and names that process.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,12 +24,47 @@ from pathlib import Path
 from realms.errors import Busy
 
 
-def _holder(path: Path) -> str:
+def holders(path: Path) -> list[int]:
+    """The pids holding a flock on the file at ``path`` (from /proc/locks; waiters excluded)."""
     try:
-        text = path.read_text().strip()
+        info = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    found = []
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 1234 00:2d:271 0 EOF"; waiters have "->" after the number.
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            try:
+                found.append(int(fields[4]))
+            except ValueError:
+                continue
+    return found
+
+
+def _command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            words = handle.read().rstrip(b"\0").split(b"\0")
     except OSError:
         return ""
-    return f" (held by {text})" if text else ""
+    text = " ".join(w.decode(errors="replace") for w in words)
+    # Python runs realms as "python -m realms ...": show it as the command a person typed.
+    for prefix in ("-m realms ", "/realms "):
+        if prefix in text:
+            return "realms " + text.split(prefix, 1)[1]
+    return text
+
+
+def _holder(path: Path) -> str:
+    pids = holders(path)
+    if not pids:
+        return ""
+    command = _command_line(pids[0])
+    return f" (held by pid {pids[0]}{': ' + command if command else ''})"
 
 
 @contextmanager
@@ -47,7 +83,7 @@ def hold(
     with :class:`Busy`, whose message is ``busy`` (default: "``what`` is busy") followed by the
     holder, with ``hint``.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = _open(path)
     try:
         operation = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         if wait is None:
@@ -63,22 +99,24 @@ def hold(
                         message = busy or f"{what} is busy"
                         raise Busy(f"{message}{_holder(path)}", hint=hint) from None
                     time.sleep(0.05)
-        if not shared:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            if not shared:
-                os.ftruncate(fd, 0)
+        yield
     finally:
         os.close(fd)
+
+
+def _open(path: Path) -> int:
+    # Read-only is enough for flock, and an existing lock file opens without any write to the
+    # filesystem; only a lock's first use creates its (empty) file.
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
 
 
 def is_free(path: Path) -> bool:
     """Whether nobody holds the lock at ``path`` (checked by taking and releasing it)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return True
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from realms.errors import RealmsError
 from realms.storage import Changes
 from realms.system import btrfs
 from realms.system.fs import remove_tree
@@ -12,6 +13,10 @@ from realms.system.fs import remove_tree
 class BtrfsBackend:
     name = "btrfs"
     zero_cost = True
+
+    def __init__(self) -> None:
+        # Subvolumes this process deleted whose space reclaim_space has not waited for yet.
+        self._deleted: list[int] = []
 
     def create_tree(self, path: Path) -> None:
         btrfs.create_subvolume(path)
@@ -23,12 +28,21 @@ class BtrfsBackend:
         btrfs.set_readonly(path)
 
     def remove(self, path: Path) -> None:
-        remove_tree(path, _delete_if_subvolume)
+        def delete_if_subvolume(directory: Path) -> bool:
+            if btrfs.is_subvolume(directory):
+                self._deleted += btrfs.delete_subvolume(directory)
+                return True
+            return False
+
+        remove_tree(path, delete_if_subvolume)
 
     def reclaim_space(self, store: Path) -> None:
-        # btrfs frees a deleted subvolume's extents in the background; after a command failed
-        # for lack of space, the next one should not fail for the same reason.
-        btrfs.wait_for_deletions(store)
+        # btrfs frees a deleted subvolume's extents in the background, 16-30 s later; a removal
+        # or a failed command returns its space at once, so the next command has it.
+        # Files' extents too are free only after a commit, so reclaim commits even without ids.
+        ids, self._deleted = self._deleted, []
+        if not btrfs.reclaim(store, ids):
+            raise RealmsError(f"btrfs did not free the space of deleted subvolumes {ids} in time")
 
     def change_marker(self, path: Path) -> int | None:
         return btrfs.generation_at_creation(path)
@@ -36,10 +50,3 @@ class BtrfsBackend:
     def changes_since(self, path: Path, marker: int) -> Changes | None:
         written, files = btrfs.written_since(path, marker)
         return Changes(written, files)
-
-
-def _delete_if_subvolume(path: Path) -> bool:
-    if btrfs.is_subvolume(path):
-        btrfs.delete_subvolume(path)
-        return True
-    return False

@@ -6,9 +6,11 @@ data with its source and costs the same whatever the size of the tree.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import stat
+import struct
 import time
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from realms.system.run import run
 
 # The inode number of the root directory of every btrfs subvolume.
 SUBVOLUME_ROOT_INODE = 256
+# _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args): 4096 bytes (treeid, objectid, name[4080]).
+_IOC_INO_LOOKUP = 0xD0009412
 
 
 def is_subvolume(path: Path) -> bool:
@@ -46,11 +50,24 @@ def is_readonly(path: Path) -> bool:
     return str(result.stdout).strip() == "ro=true"
 
 
-def delete_subvolume(path: Path) -> None:
-    """Delete a subvolume, and first any subvolumes nested inside it (which block deletion)."""
+def subvolume_id(path: Path) -> int:
+    """The id of the subvolume that holds ``path`` (an ioctl: no command, no write)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        arguments = bytearray(struct.pack("=QQ", 0, SUBVOLUME_ROOT_INODE) + bytes(4080))
+        fcntl.ioctl(fd, _IOC_INO_LOOKUP, arguments)
+    finally:
+        os.close(fd)
+    return int(struct.unpack_from("=Q", arguments)[0])
+
+
+def delete_subvolume(path: Path) -> list[int]:
+    """Delete a subvolume, and first any subvolumes nested inside it (which block deletion);
+    return the ids of the subvolumes deleted (for :func:`reclaim`)."""
+    ids = [subvolume_id(path)]
     try:
         run(["btrfs", "subvolume", "delete", path])
-        return
+        return ids
     except CommandFailed:
         nested = list(_nested_subvolumes(path))
         if not nested:
@@ -59,8 +76,9 @@ def delete_subvolume(path: Path) -> None:
         # Removing a nested subvolume unlinks it from this one, which must be writable for that.
         set_readonly(path, False)
     for inner in reversed(nested):
-        delete_subvolume(inner)
+        ids += delete_subvolume(inner)
     run(["btrfs", "subvolume", "delete", path])
+    return ids
 
 
 def _nested_subvolumes(path: Path) -> list[Path]:
@@ -105,20 +123,36 @@ def written_since(path: Path, generation: int) -> tuple[int, int]:
     return written, len(inodes)
 
 
-def wait_for_deletions(path: Path, timeout: float = 60.0) -> bool:
-    """Wait (at most ``timeout`` seconds) until the filesystem has cleaned up every deleted
-    subvolume; return whether it has.
+def _deleted_ids(path: Path) -> set[int]:
+    """Subvolumes deleted but not yet cleaned up, on the filesystem that holds ``path``."""
+    output = str(run(["btrfs", "subvolume", "list", "-d", path]).stdout)
+    return {int(match) for match in re.findall(r"^ID (\d+) ", output, re.MULTILINE)}
 
-    Not ``btrfs subvolume sync``, which can wait for btrfs's next periodic commit (30 s) before
-    the cleaner even starts: each ``btrfs filesystem sync`` commits and wakes the cleaner.
+
+def reclaim(path: Path, ids: list[int] | None = None, timeout: float = 60.0) -> bool:
+    """Wait (at most ``timeout`` seconds) until the space of the deleted subvolumes ``ids``
+    (None: every deleted subvolume) is free again on the filesystem that holds ``path``; return
+    whether it is.
+
+    btrfs frees a deleted subvolume in the background (its cleaner), and the extents it frees
+    count as free only after the next transaction commit: left alone, that takes up to 30 s or
+    more. ``btrfs subvolume sync`` waits for the cleaner but not for the commit, and can itself
+    wait for the periodic commit before the cleaner starts. Here each ``btrfs filesystem sync``
+    commits (which also wakes the cleaner); one more commit after the subvolumes are gone makes
+    their space free. Only ``ids`` are waited for: other stores may share the filesystem.
     """
     deadline = time.monotonic() + timeout
-    while str(run(["btrfs", "subvolume", "list", "-d", path]).stdout).strip():
+    while True:
+        run(["btrfs", "filesystem", "sync", path])
+        pending = _deleted_ids(path)
+        if ids is not None:
+            pending &= set(ids)
+        if not pending:
+            run(["btrfs", "filesystem", "sync", path])
+            return True
         if time.monotonic() > deadline:
             return False
-        run(["btrfs", "filesystem", "sync", path])
-        time.sleep(0.05)
-    return True
+        time.sleep(0.02)
 
 
 def make_filesystem(image: Path, label: str) -> None:

@@ -1,5 +1,8 @@
 """File primitives that keep the store consistent: atomic writes, no-replace renames, and
 reading files inside an untrusted root filesystem without following its symlinks out of it.
+
+Temporary files are named ``.tmp.NAME.TOKEN`` (:data:`TEMPORARY_PREFIX`), beside the file they
+become; the store counts and sweeps what a killed command left (:mod:`realms.store`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
+
+TEMPORARY_PREFIX = ".tmp."
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
@@ -59,14 +64,30 @@ def rename_noreplace(source: Path, target: Path) -> None:
         raise OSError(err, os.strerror(err), str(target))
 
 
+def temporary_name(path: Path) -> Path:
+    """A fresh temporary name beside ``path`` (``.tmp.NAME.TOKEN``)."""
+    return path.with_name(f"{TEMPORARY_PREFIX}{path.name}.{token()}")
+
+
 def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
-    """Write a file through a temporary name and a rename, so readers see old or new, never half."""
+    """Write a file through a temporary name and a rename, so readers see old or new, never half.
+
+    The temporary file is created (O_EXCL: never an existing file or a planted symlink) with
+    ``mode`` already, so a private key in it is never readable by others, not even for a moment;
+    the umask can only have taken bits away, and fchmod sets exactly ``mode`` before any byte is
+    written (files inside realm trees must keep 0644 whatever realms' umask is).
+    """
     if isinstance(data, str):
         data = data.encode()
-    temporary = path.with_name(f".tmp.{path.name}.{token()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    temporary = temporary_name(path)
+    fd = os.open(
+        temporary,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        mode & 0o7777,
+    )
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode & 0o7777)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -79,7 +100,7 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
 
 def atomic_symlink(target: str, path: Path) -> None:
     """Point the symlink ``path`` at ``target``, replacing it atomically."""
-    temporary = path.with_name(f".tmp.{path.name}.{token()}")
+    temporary = temporary_name(path)
     os.symlink(target, temporary)
     try:
         os.replace(temporary, path)

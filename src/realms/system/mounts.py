@@ -1,8 +1,17 @@
-"""What is mounted where (from /proc/self/mountinfo), and mounting a filesystem image file."""
+"""What is mounted where (from /proc/self/mountinfo), and mounting a filesystem image file.
+
+Every filesystem realms mounts on the host from a file (the store's pool, an image's activation)
+is mounted ``nosuid,nodev`` (:data:`SAFE_OPTIONS`): a setuid binary or a device node that came
+from a tarball, an image or a realm's root never means anything on the host, even if the store's
+permissions were wrong. Containers still get setuid inside: :mod:`realms.container` binds a
+tree realm's root onto itself with ``suid``, in a mount namespace only the container sees, and
+an image realm's overlay is a mount of its own (without ``nosuid``).
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,10 +98,47 @@ def in_own_mount_namespace(script: str, *arguments: str | Path) -> list[str]:
     ]
 
 
+def loops_backed_by(image: Path) -> list[str]:
+    """The loop devices whose backing file is ``image``."""
+    real = os.path.realpath(image)
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if backing.read_text().strip() == real:
+                found.append(f"/dev/{backing.parent.parent.name}")
+        except OSError:
+            continue
+    return found
+
+
+def wait_until_detached(image: Path, timeout: float = 10.0) -> bool:
+    """Wait until no loop device is backed by ``image`` (an unmounted loop mount's device is
+    detached asynchronously); return whether none is."""
+    deadline = time.monotonic() + timeout
+    while loops_backed_by(image):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+SAFE_OPTIONS = ("nosuid", "nodev")
+
+
+def has_safe_options(mount: Mount) -> bool:
+    return set(SAFE_OPTIONS) <= set(mount.options.split(","))
+
+
 def mount_image(image: Path, target: Path, options: str = "") -> None:
-    """Mount a filesystem image file through a loop device that is freed on unmount."""
-    all_options = "loop" + (f",{options}" if options else "")
+    """Mount a filesystem image file through a loop device that is freed on unmount; always
+    ``nosuid,nodev``."""
+    all_options = ",".join(["loop", *SAFE_OPTIONS, *([options] if options else [])])
     run(["mount", "-o", all_options, image, target])
+
+
+def make_safe(target: Path) -> None:
+    """Add ``nosuid,nodev`` to the mount at ``target`` (one made by an older realms without)."""
+    run(["mount", "-o", "remount," + ",".join(SAFE_OPTIONS), target])
 
 
 def unmount(target: Path) -> None:
