@@ -22,7 +22,8 @@ from typing import Any, NoReturn
 
 from realms import __version__, api, log
 from realms.errors import Interrupted, RealmsError, readable
-from realms.store import Store
+from realms.realm import RealmInfo
+from realms.store import Store, out_of_space_hint
 from realms.units import format_size, parse_size
 
 Handler = Callable[[argparse.Namespace], int]
@@ -463,11 +464,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             str(r.origin.appimg_version),
             _realm_state(r),
             "yes" if r.running else "no",
+            r.isolation,
         ]
         for r in realms
     ]
-    _print_table(["NAME", "APPIMG", "VERSION", "STATUS", "RUNNING"], rows)
+    _print_table(["NAME", "APPIMG", "VERSION", "STATUS", "RUNNING", "ISOLATION"], rows)
     return 0
+
+
+def _isolation_text(info: RealmInfo) -> str:
+    if info.isolation == "userns" and info.origin.uid_base is not None:
+        first = info.origin.uid_base
+        return f"userns (root is host uid {first}, range {first}-{first + 65535})"
+    return info.isolation
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -481,6 +490,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             ("appimg", f"{info.origin.appimg} version {info.origin.appimg_version}"),
             ("status", _realm_state(info)),
             ("running", "yes" if info.running else "no"),
+            ("isolation", _isolation_text(info)),
             ("created", info.origin.created),
             ("path", str(info.path)),
         ]
@@ -943,7 +953,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = f": {error.filename}" if error.filename else ""
         hint = None
         if error.errno == errno.ENOSPC:
-            hint = "the store is full: free space (realms remove, realms appimg remove)"
+            hint = out_of_space_hint(api.locate(args.store), error.filename)
         _print_error(f"{error.strerror or error}{detail}", hint)
         if verbose:
             traceback.print_exc()
