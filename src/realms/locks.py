@@ -25,24 +25,48 @@ from realms.errors import Busy
 
 
 def holders(path: Path) -> list[int]:
-    """The pids holding a flock on the file at ``path`` (from /proc/locks; waiters excluded)."""
+    """The pids holding a flock on the file at ``path`` (from /proc/locks; waiters excluded).
+
+    /proc/locks names a file by its superblock's device and inode number, and on btrfs that
+    device is not the one stat() reports (each subvolume has its own): a line with the inode
+    number is a candidate, confirmed by the process having the very file open.
+    """
     try:
         info = os.stat(path)
         with open("/proc/locks", encoding="ascii", errors="replace") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return []
-    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
     found = []
     for line in lines:
         # "1: FLOCK  ADVISORY  WRITE 1234 00:2d:271 0 EOF"; waiters have "->" after the number.
         fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
-            try:
-                found.append(int(fields[4]))
-            except ValueError:
-                continue
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        if fields[5].rpartition(":")[2] != str(info.st_ino):
+            continue
+        try:
+            pid = int(fields[4])
+        except ValueError:
+            continue
+        if pid not in found and _has_open(pid, info):
+            found.append(pid)
     return found
+
+
+def _has_open(pid: int, info: os.stat_result) -> bool:
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            other = os.stat(f"/proc/{pid}/fd/{descriptor}")
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+            return True
+    return False
 
 
 def _command_line(pid: int) -> str:

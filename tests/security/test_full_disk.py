@@ -12,8 +12,12 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+from realms import locks
 from tests.helpers import Realms, run
 from tests.security.test_store_access import open_directory, pool_backed_store
 
@@ -167,3 +171,27 @@ def test_status_counts_and_init_sweeps_every_kind_of_leftover(
     realms("init")
     assert [path for path in planted if path.exists()] == []
     assert realms.json("status")["leftovers"] == 0
+
+
+def test_a_busy_lock_names_its_holder_and_is_never_written(
+    realms: Realms, busybox_tree: Path
+) -> None:
+    """Who holds a lock comes from /proc/locks; the lock file stays empty (no write needed)."""
+    realms("appimg", "import", "base", str(busybox_tree))
+    lock = realms.store / "locks" / "appimg.base.update.lock"
+    lock.touch()
+    holder = subprocess.Popen(["flock", lock, "sleep", "60"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not locks.holders(lock) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        error = realms.fails("update-appimg", "base", "--", "true")
+        assert "is being updated" in error, error
+        assert f"held by pid {holder.pid}" in error, error
+        assert "flock" in error, error
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # flock and its sleep, which has the lock too
+        holder.wait()
+    assert lock.stat().st_size == 0
+    realms("update-appimg", "base", "--", "true")
+    assert all(p.stat().st_size == 0 for p in (realms.store / "locks").iterdir())
