@@ -250,6 +250,17 @@ def _userns_for(container: Container) -> idmap.UserNamespace | None:
     return namespace
 
 
+def _paths_used(container: Container) -> list[Path]:
+    """The host paths a container's mounts come from."""
+    paths = [container.rootfs, *(bind.source for bind in container.binds)]
+    paths += [directory for directory, _options in container.scratch]
+    if container.overlay is not None:
+        layers = container.overlay
+        paths += [layers.lower, layers.upper, layers.work]
+        paths += [p for p in (layers.tmpfs, layers.lower_view) if p is not None]
+    return paths
+
+
 def prepare_root(container: Container, userns: idmap.UserNamespace | None) -> None:
     """Run in the child, before nspawn: a private mount namespace, then the root filesystem.
 
@@ -257,7 +268,7 @@ def prepare_root(container: Container, userns: idmap.UserNamespace | None) -> No
     sake). An image realm gets its overlay: the activation (idmapped in a user namespace) below,
     the realm's layer, or a fresh tmpfs, above.
     """
-    idmap.enter_private_mount_namespace()
+    idmap.enter_private_mount_namespace(_paths_used(container))
     for directory, options in container.scratch:
         idmap.mount("realms-scratch", directory, "tmpfs", options)
     overlay = container.overlay

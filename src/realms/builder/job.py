@@ -175,7 +175,10 @@ class BuildJob:
             rootfs=self.tree,
             machine=f"{self.config.name}-appimg-build",
             command=command,
-            binds=[Bind(self.scratch, "/run/realms-build", readonly=True), *(binds or [])],
+            binds=[
+                Bind(self.scratch, "/run/realms-build", readonly=True, idmap=True),
+                *(binds or []),
+            ],
             pristine=True,
             environment={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", **(env or {})},
         )

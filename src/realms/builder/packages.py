@@ -89,7 +89,10 @@ def _apt(job: BuildJob, runs: list[list[str]], what: str, progress: _AptProgress
     status.write_text("")
     commands = [shlex.join([*_APT, "-o", "APT::Status-Fd=9", *arguments]) for arguments in runs]
     script = f"exec 9>{STATUS_DIR}/apt; " + " && ".join(commands)
-    binds = [Bind(job.package_cache, ARCHIVES), Bind(status_dir, STATUS_DIR)]
+    binds = [
+        Bind(job.package_cache, ARCHIVES, idmap=True),
+        Bind(status_dir, STATUS_DIR, idmap=True),
+    ]
     if progress is None:
         job.run_in_image(["/bin/sh", "-c", script], binds=binds, what=what)
         return

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from realms.errors import RealmsError
+from realms.system import mounts
 
 RANGE_SIZE = 65536
 # systemd's range for container uids (UIDS-GIDS.md): 0x00080000 .. 0x6FFFFFFF. Ranges are
@@ -206,11 +207,34 @@ def mount_idmapped(source: Path, target: Path, userns: UserNamespace) -> None:
         os.close(tree)
 
 
-def enter_private_mount_namespace() -> None:
+def enter_private_mount_namespace(needed: Iterable[Path]) -> None:
     """Give the calling process a mount namespace of its own, whose mounts propagate nowhere
-    and vanish with it."""
+    and vanish with it, holding only the mounts that the ``needed`` paths use.
+
+    A new mount namespace starts as a copy of every mount of the host; where the host's mounts
+    are private (no systemd), an unmount on the host does not reach the copy, so the copy would
+    keep other people's filesystems (and their loop devices) busy for as long as the container
+    runs. So every mount that is neither on the way to a needed path nor below one, nor part of
+    the system (/proc, /sys, /dev, /run), is detached from the copy.
+    """
     _checked(_libc.unshare(_CLONE_NEWNS), "unshare")
     _checked(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
+    keep = [os.path.realpath(path) for path in needed]
+    targets = {str(mount.target) for mount in mounts.mounts()}
+    for target in sorted(targets, key=lambda t: t.count("/"), reverse=True):
+        if target == "/" or any(_within(target, system) for system in _SYSTEM):
+            continue
+        if any(_within(path, target) or _within(target, path) for path in keep):
+            continue
+        _libc.umount2(os.fsencode(target), _MNT_DETACH)  # gone already: nothing to do
+
+
+_SYSTEM = ("/proc", "/sys", "/dev", "/run")
+_MNT_DETACH = 2
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def mount(source: str, target: Path, fstype: str, options: str) -> None:
