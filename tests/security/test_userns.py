@@ -9,6 +9,7 @@ opt-out (``isolation = "privileged"``) is explicit and shown.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,32 @@ def test_the_realm_root_allows_setuid_inside_only(
     # And that mount exists only in the container: the host sees nothing new at the rootfs.
     host = Path("/proc/self/mountinfo").read_text()
     assert str(realms.store / "realms/suid/rootfs") not in host
+
+
+def test_no_idmapped_mounts_is_a_clear_refusal(mount_guard: Path, busybox_tree: Path) -> None:
+    # overlayfs cannot be idmapped: a store (copy backend) on an overlay mount is a real
+    # filesystem without idmapped mounts. Realms there refuse to run unless privileged.
+    layers = mount_guard / "layers"
+    for name in ("lower", "upper", "work", "merged"):
+        (layers / name).mkdir(parents=True)
+    subprocess.run(
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={layers}/lower,upperdir={layers}/upper,workdir={layers}/work",
+            str(layers / "merged"),
+        ],
+        check=True,
+    )
+    cli = Realms(layers / "merged" / "store")
+    cli("init", "--backend", "copy")
+    cli("appimg", "import", "base", str(busybox_tree))
+    cli("new", "plain")
+    error = cli.fails("run", "plain", "--", "true")
+    assert "user namespace" in error and "idmapped" in error
+    config = cli.store / "realms/plain/config"
+    config.write_text(config.read_text() + '\nisolation = "privileged"\n')
+    assert cli("run", "plain", "--", "echo", "ran").stdout == "ran\n"
