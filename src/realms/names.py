@@ -50,3 +50,23 @@ def check_realm_name(name: str) -> str:
 
 def check_appimg_name(name: str) -> str:
     return _check("appimg", name, APPIMG_NAME_MAX)
+
+
+_OLD_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,127}")
+
+
+def check_existing_realm_name(name: str) -> str:
+    """A name to look up a realm that may have been made under the older, wider rule (up to
+    128 characters, a trailing '-'): such a realm cannot run, but it can be shown and removed.
+    Still safe as a path component."""
+    if _OLD_PATTERN.fullmatch(name):
+        return name
+    return check_realm_name(name)
+
+
+def check_lock_name(kind: str, name: str) -> str:
+    """Any name a lock file may be named after: one safe path component, whatever the caller
+    checked before (the last line of defence against ``../`` in a name)."""
+    if _OLD_PATTERN.fullmatch(name):
+        return name
+    raise InvalidName(f"invalid {kind} name {name!r}", hint=_HINT)

@@ -39,7 +39,7 @@ from realms.container import (
 from realms.container import run as run_container
 from realms.errors import AlreadyExists, InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
-from realms.names import check_appimg_name, check_realm_name
+from realms.names import check_appimg_name, check_existing_realm_name, check_realm_name
 from realms.store import Store, write_toml
 from realms.system import idmap
 from realms.system.fs import atomic_symlink, atomic_write, fsync_dir
@@ -97,7 +97,7 @@ def _exists(store: Store, name: str) -> bool:
 
 
 def _require(store: Store, name: str) -> None:
-    check_realm_name(name)
+    check_existing_realm_name(name)
     if not _exists(store, name):
         raise NotFound(f"no realm named {name!r}", hint="'realms list' shows the realms")
 

@@ -57,6 +57,7 @@ import tomli_w
 from realms import config, locks, log, pool
 from realms.errors import AlreadyExists, Busy, InvalidInput, RealmsError, StoreFull
 from realms.faults import checkpoint
+from realms.names import check_lock_name
 from realms.storage import Backend, backend_named
 from realms.system import mounts
 from realms.system.fs import TEMPORARY_PREFIX, atomic_write, fsync_dir, rename_noreplace, token
@@ -162,6 +163,7 @@ class Store:
     def appimg_lock(
         self, name: str, *, shared: bool = False, wait: float | None = None
     ) -> AbstractContextManager[None]:
+        check_lock_name("appimg", name)
         return locks.hold(
             self.locks_dir / f"appimg.{name}.lock", what=f"appimg {name}", shared=shared, wait=wait
         )
@@ -169,6 +171,7 @@ class Store:
     def realm_lock(
         self, name: str, *, shared: bool = False, wait: float | None = None
     ) -> AbstractContextManager[None]:
+        check_lock_name("realm", name)
         return locks.hold(
             self.locks_dir / f"realm.{name}.lock", what=f"realm {name}", shared=shared, wait=wait
         )
@@ -204,8 +207,8 @@ class Store:
         os.rename(path, doomed)
         fsync_dir(path.parent)
         checkpoint("discard:renamed")
+        # On a store short of space, the backend waits until the space is free again.
         self.backend.remove(doomed)
-        self._reclaim_quietly()
 
     def _reclaim_quietly(self) -> None:
         try:
