@@ -1,11 +1,13 @@
-"""Importing root filesystem tarballs: fidelity (ownership, modes, xattrs, links, devices) in
-every compression, and refusal of unsafe or damaged archives with nothing imported."""
+"""Importing root filesystem tarballs and directories: fidelity (ownership, modes, xattrs,
+capabilities, ACLs, links, long and non-UTF-8 names) in every compression, device nodes left out,
+and refusal of unsafe or damaged archives with nothing imported."""
 
 from __future__ import annotations
 
 import io
 import os
 import stat
+import struct
 import subprocess
 import tarfile
 from pathlib import Path
@@ -42,7 +44,27 @@ def _rich_tree(root: Path, busybox_tree: Path) -> Path:
     sticky = data / "sticky"
     sticky.mkdir()
     os.chmod(sticky, 0o1777)
+    run("setcap", "cap_net_raw+ep", data / "hard-a")
+    (data / "acl").write_text("with an access ACL\n")
+    os.setxattr(data / "acl", "system.posix_acl_access", POSIX_ACL)
+    deep = data / ("long-directory-name-" * 6) / ("long-file-name-" * 8)
+    deep.parent.mkdir()
+    deep.write_text("long\n")
+    (data / os.fsdecode(b"caf\xe9-latin1")).write_text("not UTF-8\n")
     return root
+
+
+# user::rw- user:1234:r-- group::r-- mask::r-- other::--- as the kernel stores it
+POSIX_ACL = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, perm, uid)
+    for tag, perm, uid in [
+        (1, 6, 0xFFFFFFFF),
+        (2, 4, 1234),
+        (4, 4, 0xFFFFFFFF),
+        (0x10, 4, 0xFFFFFFFF),
+        (0x20, 0, 0xFFFFFFFF),
+    ]
+)
 
 
 def _tarball(tree: Path, target: Path, options: list[str]) -> Path:
@@ -68,12 +90,15 @@ def rich_tree(tmp_path_factory: pytest.TempPathFactory, busybox_tree: Path) -> P
     return _rich_tree(tmp_path_factory.mktemp("rich") / "root", busybox_tree)
 
 
-@pytest.mark.parametrize("suffix", list(COMPRESSIONS))
+@pytest.mark.parametrize("suffix", [*COMPRESSIONS, "directory"])
 def test_tarball_import_keeps_everything(
     realms: Realms, rich_tree: Path, tmp_path: Path, suffix: str
 ) -> None:
-    archive = _tarball(rich_tree, tmp_path / f"root.{suffix}", COMPRESSIONS[suffix])
-    realms("appimg", "import", "img", str(archive))
+    if suffix == "directory":
+        source = rich_tree
+    else:
+        source = _tarball(rich_tree, tmp_path / f"root.{suffix}", COMPRESSIONS[suffix])
+    imported = realms("appimg", "import", "img", str(source))
     tree = realms.store / "appimg/img/v1"
     data = tree / "data"
 
@@ -84,8 +109,17 @@ def test_tarball_import_keeps_everything(
     assert os.getxattr(data / "hard-a", "user.realms-test") == b"kept"
     assert os.lstat(data / "hard-a").st_ino == os.lstat(data / "hard-b").st_ino
     assert os.readlink(data / "abs-link") == "/etc/os-release"
-    null = os.lstat(data / "null")
-    assert stat.S_ISCHR(null.st_mode) and null.st_rdev == os.makedev(1, 3)
+    assert os.getxattr(data / "hard-a", "security.capability") == os.getxattr(
+        rich_tree / "data/hard-a", "security.capability"
+    )
+    assert os.getxattr(data / "acl", "system.posix_acl_access") == POSIX_ACL
+    long_name = data / ("long-directory-name-" * 6) / ("long-file-name-" * 8)
+    assert long_name.read_text() == "long\n"
+    assert (data / os.fsdecode(b"caf\xe9-latin1")).read_text() == "not UTF-8\n"
+    # Device nodes are not stored, and one warning says so.
+    assert not os.path.lexists(data / "null")
+    warnings = [line for line in imported.stderr.splitlines() if "device node" in line]
+    assert len(warnings) == 1 and "skipped 1 device node" in warnings[0], imported.stderr
     assert stat.S_ISFIFO(os.lstat(data / "fifo").st_mode)
     assert stat.S_IMODE(os.lstat(data / "sticky").st_mode) == 0o1777
     assert (tree / "usr/bin/busybox").read_bytes() == (rich_tree / "usr/bin/busybox").read_bytes()

@@ -137,9 +137,10 @@ def _classify(source: Path) -> _Source:
 
 
 def _fill(store: Store, source: _Source, tree: Path) -> None:
+    """Fill the empty tree with the checked entries of the source: a directory goes through
+    the same checks as a tarball (so its device nodes are skipped too), in one pass."""
     if source.compression is None:
-        with log.step(f"Copying {source.path}"):
-            run(["cp", "-a", "--reflink=auto", "--", f"{source.path}/.", f"{tree}/"])
+        tarball.copy_directory(source.path, tree)
     else:
         tarball.extract(source.path, source.compression, tree)
 
@@ -160,6 +161,12 @@ def import_appimg(
 ) -> tuple[AppimgInfo, Version]:
     """Import a directory, a root filesystem tarball or a block/sealed image file as appimg
     ``name`` (version 1), or with ``new_version`` as the next version of appimg ``name``.
+
+    A directory or tarball is checked while it is extracted into the version's temporary tree
+    (:mod:`realms.appimg.tarball`); if it is refused, that tree is deleted and nothing is
+    imported. Their device nodes are not stored (one warning counts them). An image file keeps
+    whatever device nodes its filesystem holds: it is verified whole and stored as it is, and
+    its activations are mounted ``nodev``, so such nodes open nothing.
     """
     check_appimg_name(name)
     source = _classify(source_path)
@@ -168,8 +175,6 @@ def import_appimg(
 
         version = import_image(store, name, source.path, new_version=new_version)
         return show_appimg(store, name), version
-    if source.compression is not None:
-        tarball.check(source.path, source.compression)
 
     def make(tree: Path) -> None:
         store.backend.create_tree(tree)
