@@ -42,10 +42,12 @@ class Backend(Protocol):
         """Make the tree at ``path`` read-only."""
 
     def remove(self, path: Path) -> None:
-        """Remove ``path``: a tree, a file, or a directory that holds trees."""
+        """Remove ``path``: a tree, a file, or a directory that holds trees. On a filesystem
+        short of space, return only when the space is free again."""
 
     def reclaim_space(self, store: Path) -> None:
-        """Wait until the space of removed trees is free again (after a failed change)."""
+        """Wait until the space of the trees this backend removed is free again (after a
+        failed change, or a removal on a store short of space)."""
 
     def change_marker(self, path: Path) -> int | None:
         """A mark of the tree's state now, for :meth:`changes_since` (None: not supported)."""

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from realms import log
 from realms.errors import RealmsError
 from realms.storage import Changes
 from realms.system import btrfs
 from realms.system.fs import remove_tree
+
+# Below this much free space (or a tenth of the filesystem), a removal waits for its space.
+SHORT_OF_SPACE = 2 << 30
+
+
+def _short_of_space(path: Path) -> bool:
+    try:
+        info = os.statvfs(path)
+    except OSError:
+        return True
+    free = info.f_bavail * info.f_frsize
+    return free < SHORT_OF_SPACE or free < info.f_blocks * info.f_frsize // 10
 
 
 class BtrfsBackend:
@@ -35,6 +49,13 @@ class BtrfsBackend:
             return False
 
         remove_tree(path, delete_if_subvolume)
+        if _short_of_space(path.parent):
+            # The next command (or the one running) needs the space now; elsewhere waiting for
+            # btrfs's cleaner (a second or more per GiB) is not worth it, so it frees it later.
+            try:
+                self.reclaim_space(path.parent)
+            except (OSError, RealmsError) as error:
+                log.debug(f"waiting for the space of {path} failed: {error}")
 
     def reclaim_space(self, store: Path) -> None:
         # btrfs frees a deleted subvolume's extents in the background, 16-30 s later; a removal
