@@ -175,10 +175,10 @@ def activate(store: Store, appimg: str, version: Version, image: Path) -> Activa
             device = _open_verity(store, appimg, version.version, image, header)
         else:
             with attached(image, offset=HEADER_SIZE, size=nblocks * 4096) as loop:
-                run(["mount", "-t", fstype, "-o", "ro", loop, target])
+                run(["mount", "-t", fstype, "-o", "ro,nosuid,nodev", loop, target])
                 device = loop
         if how == "kernel":
-            run(["mount", "-t", fstype, "-o", "ro", device, target])
+            run(["mount", "-t", fstype, "-o", "ro,nosuid,nodev", device, target])
     return Activation(
         appimg, version.version, target, device, how, users(store, appimg, version.version)
     )
