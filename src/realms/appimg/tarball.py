@@ -312,9 +312,12 @@ class _Checker:
         self.symlinks: set[str] = set()
         self.files: set[str] = set()
         self.devices: set[str] = set()  # skipped: not in the tree
+        self.skipped = 0
+        self.read = 0
 
     def check(self, member: tarfile.TarInfo) -> tarfile.TarInfo | None:
         """The entry to write for ``member`` (None: skip a device node), or _Refused."""
+        self.read += 1
         path = _normal(member.name)
         via = _through_symlink(path, self.symlinks)
         if via is not None:
@@ -326,6 +329,7 @@ class _Checker:
         if member.ischr() or member.isblk() or (member.islnk() and target in self.devices):
             # Not stored, so nothing of what the tree was at ``path`` changes.
             self.devices.add(path)
+            self.skipped += 1
             return None
         self.devices.discard(path)
         if member.islnk():
@@ -443,7 +447,7 @@ def rewrite(
     except _End:
         raise InvalidInput(f"{name}: the archive is empty; nothing was imported") from None
     except _Damaged as damaged:
-        where = f" after entry {entries + len(checker.devices)}" if entries else ""
+        where = f" after entry {checker.read}" if checker.read else ""
         raise InvalidInput(
             f"{name}: damaged {kind}: {damaged}{where}; nothing was imported"
         ) from None
@@ -455,11 +459,11 @@ def rewrite(
         if error.filename is not None:
             raise
         raise InvalidInput(f"{name}: not a valid {kind} ({error}); nothing was imported") from None
-    if entries == 0 and not checker.devices:
+    if checker.read == 0:
         raise InvalidInput(f"{name}: the archive is empty; nothing was imported")
     # Two zero blocks end the archive; pad to tar's record size as tar itself does.
     _write(sink, bytes(2 * BLOCKSIZE + (-(written + 2 * BLOCKSIZE) % tarfile.RECORDSIZE)))
-    return Summary(entries, size, len(checker.devices))
+    return Summary(entries, size, checker.skipped)
 
 
 _USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
