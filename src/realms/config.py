@@ -1,8 +1,9 @@
 """Configuration files: the store's global config and each realm's own config (TOML).
 
-Every setting is declared once, below, with its type, default and what it does; the declaration
-drives parsing, validation (errors name the file, the key and what was expected) and the
-commented files that ``realms init`` and ``realms new`` write.
+Every setting is declared once, below, as a :class:`realms.settings.Setting` with its type,
+default and what it does; the declaration drives parsing, validation (errors name the file, the
+key and what was expected) and the commented files that ``realms init`` and ``realms new``
+write.
 
 Realm settings use Citadel's keys, so that a Citadel realm config reads as it is. A realm's
 config falls back to the ``[realm-defaults]`` table of the global config, then to the defaults.
@@ -10,157 +11,123 @@ config falls back to the ``[realm-defaults]`` table of the global config, then t
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from realms.errors import InvalidInput
+from realms import settings
+from realms.kinds import Isolation, VerityMode
+from realms.settings import BOOL, STRING, STRINGS, Setting, choice, whole_number
 
-
-@dataclass(frozen=True)
-class Setting:
-    key: str
-    kind: str  # "bool", "str", "int", "list", or "choice:a|b|c"
-    default: Any
-    doc: str
-
-    @property
-    def choices(self) -> list[str]:
-        return self.kind.removeprefix("choice:").split("|") if self.is_choice else []
-
-    @property
-    def is_choice(self) -> bool:
-        return self.kind.startswith("choice:")
-
-
-GLOBAL_SETTINGS = [
-    Setting(
-        "default-appimg",
-        "str",
-        "base",
-        "appimg that `realms new` uses without --appimg, and `update-appimg` without NAME",
-    ),
-    Setting(
-        "default-realm",
-        "str",
-        "",
-        "realm that `realms default` names until one is chosen with `realms default NAME`",
-    ),
-    Setting(
-        "verity",
-        "choice:auto|kernel|userspace",
-        "auto",
-        "how sealed images are checked: kernel dm-verity when present (auto), always "
-        "(kernel: refuse without it), or in userspace before a read-only mount",
-    ),
-    Setting("require-sealed", "bool", False, "only make realms from sealed appimgs"),
-    Setting(
-        "keep-versions",
-        "int",
-        3,
-        "how many versions `realms appimg prune` keeps when --keep is not given",
-    ),
+DEFAULT_APPIMG = Setting(
+    "default-appimg",
+    STRING,
+    "base",
+    "appimg that `realms new` uses without --appimg, and `update-appimg` without NAME",
+)
+DEFAULT_REALM = Setting(
+    "default-realm",
+    STRING,
+    "",
+    "realm that `realms default` names until one is chosen with `realms default NAME`",
+)
+VERITY = Setting(
+    "verity",
+    choice(VerityMode.AUTO, VerityMode.KERNEL, VerityMode.USERSPACE),
+    VerityMode.AUTO,
+    "how sealed images are checked: kernel dm-verity when present (auto), always "
+    "(kernel: refuse without it), or in userspace before a read-only mount",
+)
+REQUIRE_SEALED = Setting("require-sealed", BOOL, False, "only make realms from sealed appimgs")
+KEEP_VERSIONS = Setting(
+    "keep-versions",
+    whole_number(minimum=1),
+    3,
+    "how many versions `realms appimg prune` keeps when --keep is not given",
+)
+GLOBAL_SETTINGS: list[Setting[Any]] = [
+    DEFAULT_APPIMG,
+    DEFAULT_REALM,
+    VERITY,
+    REQUIRE_SEALED,
+    KEEP_VERSIONS,
 ]
+REALM_DEFAULTS = "realm-defaults"
+"""The global config's table of realm settings that a realm's own config does not set."""
 
-REALM_SETTINGS = [
+ISOLATION = Setting(
+    "isolation",
+    choice(*Isolation),
+    Isolation.USERNS,
+    "userns: the realm's root is an unprivileged host uid (a user namespace with the "
+    "realm's own uid range; files keep their owners through idmapped mounts); "
+    "privileged: the realm's root is host root (only for realms you trust entirely)",
+)
+REALM_SETTINGS: list[Setting[Any]] = [
     Setting(
         "realmfs",
-        "str",
+        STRING,
         "",
         "the appimg this realm was made from (written by `realms new`; changing it does "
         "not change the realm's root filesystem)",
     ),
-    Setting(
-        "isolation",
-        "choice:userns|privileged",
-        "userns",
-        "userns: the realm's root is an unprivileged host uid (a user namespace with the "
-        "realm's own uid range; files keep their owners through idmapped mounts); "
-        "privileged: the realm's root is host root (only for realms you trust entirely)",
-    ),
+    ISOLATION,
     Setting(
         "use-network",
-        "bool",
+        BOOL,
         True,
         "share the host's network; false gives the realm a private network (loopback only)",
     ),
     Setting(
         "network-zone",
-        "str",
+        STRING,
         "clear",
         "Citadel's network zone; accepted for compatibility, realms shares the host's "
         "network or none (use-network)",
     ),
     Setting(
-        "use-shared-dir", "bool", False, "bind the store's Shared/ directory at /home/user/Shared"
+        "use-shared-dir", BOOL, False, "bind the store's Shared/ directory at /home/user/Shared"
     ),
     Setting(
         "use-ephemeral-home",
-        "bool",
+        BOOL,
         False,
         "give the realm an empty tmpfs home instead of its persistent one",
     ),
-    Setting("use-kvm", "bool", False, "bind /dev/kvm into the realm"),
-    Setting("use-gpu", "bool", False, "bind /dev/dri into the realm"),
+    Setting("use-kvm", BOOL, False, "bind /dev/kvm into the realm"),
+    Setting("use-gpu", BOOL, False, "bind /dev/dri into the realm"),
     Setting(
         "use-sound",
-        "bool",
+        BOOL,
         False,
         "bind the PulseAudio socket of uid 1000 (/run/user/1000/pulse) into the realm",
     ),
-    Setting("use-x11", "bool", False, "bind /tmp/.X11-unix into the realm (read-only)"),
+    Setting("use-x11", BOOL, False, "bind /tmp/.X11-unix into the realm (read-only)"),
     Setting(
         "use-wayland",
-        "bool",
+        BOOL,
         False,
         "bind the Wayland socket of uid 1000 (/run/user/1000/wayland-0) into the realm",
     ),
     Setting(
-        "extra-bindmounts", "list", [], 'host paths to bind read-write: "/src" or "/src:/dest"'
+        "extra-bindmounts", STRINGS, [], 'host paths to bind read-write: "/src" or "/src:/dest"'
     ),
     Setting(
-        "extra-bindmounts-ro", "list", [], 'host paths to bind read-only: "/src" or "/src:/dest"'
+        "extra-bindmounts-ro", STRINGS, [], 'host paths to bind read-only: "/src" or "/src:/dest"'
     ),
     Setting(
         "overlay",
-        "choice:storage|tmpfs|none",
+        choice("storage", "tmpfs", "none"),
         "storage",
         "for realms on block images: keep the writable layer in the store or in a tmpfs",
     ),
     Setting(
         "autostart",
-        "bool",
+        BOOL,
         False,
         "Citadel's autostart; accepted for compatibility, realms starts nothing at boot",
     ),
 ]
-
-_TYPE_NAMES = {
-    "bool": "true or false",
-    "str": "a string",
-    "int": "a whole number",
-    "list": "a list of strings",
-}
-
-
-def _check_value(setting: Setting, value: Any, source: str) -> Any:
-    kind = setting.kind
-    good = (
-        (kind == "bool" and isinstance(value, bool))
-        or (kind == "int" and isinstance(value, int) and not isinstance(value, bool))
-        or (kind == "str" and isinstance(value, str))
-        or (kind == "list" and isinstance(value, list) and all(isinstance(v, str) for v in value))
-        or (setting.is_choice and value in setting.choices)
-    )
-    if not good:
-        expected = (
-            "one of " + ", ".join(f'"{c}"' for c in setting.choices)
-            if setting.is_choice
-            else _TYPE_NAMES[kind]
-        )
-        raise InvalidInput(f"{source}: {setting.key}: expected {expected}, got {value!r}")
-    return value
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -169,33 +136,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         data = path.read_bytes()
     except FileNotFoundError:
         return {}
-    try:
-        return tomllib.loads(data.decode())
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as error:
-        raise InvalidInput(f"{path}: not valid TOML: {error}") from None
-
-
-def parse_settings(
-    table: dict[str, Any], settings: list[Setting], source: str, base: dict[str, Any]
-) -> dict[str, Any]:
-    """Validate ``table`` against ``settings`` and lay it over ``base``."""
-    known = {setting.key: setting for setting in settings}
-    result = dict(base)
-    for key, value in table.items():
-        setting = known.get(key)
-        if setting is None:
-            raise InvalidInput(
-                f"{source}: unknown key {key!r}",
-                hint="known keys: " + ", ".join(sorted(known)),
-            )
-        result[key] = _check_value(setting, value, source)
-    return result
-
-
-def defaults(settings: list[Setting]) -> dict[str, Any]:
-    return {setting.key: setting.default for setting in settings}
+    return settings.parse_toml(data, path)
 
 
 @dataclass(frozen=True)
@@ -205,64 +146,65 @@ class GlobalConfig:
 
     @property
     def default_appimg(self) -> str:
-        return str(self.values["default-appimg"])
+        return DEFAULT_APPIMG.of(self.values)
 
     @property
     def default_realm(self) -> str:
-        return str(self.values["default-realm"])
+        return DEFAULT_REALM.of(self.values)
 
     @property
-    def verity(self) -> str:
-        return str(self.values["verity"])
+    def verity(self) -> VerityMode:
+        return VERITY.of(self.values)
 
     @property
     def require_sealed(self) -> bool:
-        return bool(self.values["require-sealed"])
+        return REQUIRE_SEALED.of(self.values)
 
     @property
     def keep_versions(self) -> int:
-        return int(self.values["keep-versions"])
+        return KEEP_VERSIONS.of(self.values)
 
 
 def load_global(path: Path) -> GlobalConfig:
     data = read_toml(path)
-    realm_table = data.pop("realm-defaults", {})
-    if not isinstance(realm_table, dict):
-        raise InvalidInput(f"{path}: realm-defaults: expected a table")
-    values = parse_settings(data, GLOBAL_SETTINGS, str(path), defaults(GLOBAL_SETTINGS))
-    if values["keep-versions"] < 1:
-        raise InvalidInput(f"{path}: keep-versions: expected at least 1")
-    realm_defaults = parse_settings(
-        realm_table, REALM_SETTINGS, f"{path} [realm-defaults]", defaults(REALM_SETTINGS)
-    )
+    realm_table = settings.section(data, REALM_DEFAULTS, str(path))
+    values = settings.parse(GLOBAL_SETTINGS, data, str(path))
+    realm_defaults = settings.parse(REALM_SETTINGS, realm_table, f"{path} [{REALM_DEFAULTS}]")
     return GlobalConfig(values, realm_defaults)
 
 
 def load_realm(path: Path, fallback: dict[str, Any]) -> dict[str, Any]:
-    return parse_settings(read_toml(path), REALM_SETTINGS, str(path), fallback)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return settings.parse(REALM_SETTINGS, read_toml(path), str(path), fallback)
 
 
 def commented_template(
-    settings: list[Setting], title: str, values: dict[str, Any] | None = None
+    declared: list[Setting[Any]], title: str, values: dict[str, Any] | None = None
 ) -> str:
     """A config file that documents every setting: set ones as keys, the rest commented out."""
-    values = values or {}
-    lines = [f"# {title}", ""]
-    for setting in settings:
-        lines.append(f"# {setting.doc}")
-        if setting.key in values:
-            lines.append(f"{setting.key} = {_toml_value(values[setting.key])}")
-        else:
-            lines.append(f"# {setting.key} = {_toml_value(setting.default)}")
-        lines.append("")
-    return "\n".join(lines)
+    return "\n".join([f"# {title}", "", *settings.render(declared, values)])
+
+
+def global_template() -> str:
+    """The global config that ``realms init`` writes: every setting documented, none set."""
+    lines = [
+        "# realms global configuration (TOML). Unset keys use the default.",
+        "",
+        *settings.render(GLOBAL_SETTINGS),
+        f"# [{REALM_DEFAULTS}]",
+        "# Realm settings used when a realm's own config does not set them:",
+        "",
+        *settings.commented(settings.render(REALM_SETTINGS)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def reference() -> str:
+    """The settings of the global config and of realm configs, as Markdown tables."""
+    return (
+        settings.reference(GLOBAL_SETTINGS, "Global config (`config.toml` of the store)")
+        + "\n"
+        + settings.reference(
+            REALM_SETTINGS,
+            f"Realm config (`realms/NAME/config`, defaults in `[{REALM_DEFAULTS}]`)",
+        )
+    )

@@ -1,7 +1,12 @@
 """The appimg builder: ``realms appimg build`` makes a Debian-based tree appimg from a
 declarative config.
 
-- :mod:`~realms.builder.config`: the config's keys, checks, template and input digest.
+- :mod:`~realms.builder.schema`: the config's keys, declared once (types, defaults, docs), and
+  the template generated from them.
+- :mod:`~realms.builder.config`: loading a config (checks across keys, modules, files, the
+  mirror) and the digest of the build's inputs.
+- :mod:`~realms.builder.context`: the files and scripts a config names, read inside its
+  directory.
 - :mod:`~realms.builder.bootstrap`: the first root filesystem (mmdebstrap or debootstrap; one
   file per bootstrapper).
 - :mod:`~realms.builder.modules`: the steps before and after the packages, as scripts.
