@@ -5,11 +5,13 @@ declarative config.
   the template generated from them.
 - :mod:`~realms.builder.config`: loading a config (checks across keys, modules, files, the
   mirror) and the digest of the build's inputs.
+- :mod:`~realms.builder.spec`: what a loaded config is (the values a build uses).
 - :mod:`~realms.builder.context`: the files and scripts a config names, read inside its
   directory.
 - :mod:`~realms.builder.bootstrap`: the first root filesystem (mmdebstrap or debootstrap; one
   file per bootstrapper).
-- :mod:`~realms.builder.modules`: the steps before and after the packages, as scripts.
+- :mod:`~realms.builder.modules`: the steps before and after the packages, as scripts; each
+  built-in module declared once.
 - :mod:`~realms.builder.job`: one build's log, its stages, and running things in the image.
 - :mod:`~realms.builder.cache`: downloaded packages and finished builds, kept in the store.
 - :mod:`~realms.builder.build`: the stages in order, the cache, the commit.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from realms.builder.schema import (
     is_uri,
     template,
 )
+from realms.builder.spec import BuildConfig, FileSpec, Module
 from realms.errors import InvalidInput
 from realms.names import check_appimg_name
 from realms.settings import shown
@@ -59,49 +59,6 @@ __all__ = [
 # Bump when what a given config builds changes (built-in modules, stages), so that old cached
 # results are not taken for new ones.
 BUILDER_VERSION = 1
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    source: str
-    """The path the config gave, relative to its directory (for messages)."""
-    data: bytes
-    """The file's contents, read once at load: the build installs these bytes."""
-    path: str
-    mode: int
-    owner: str
-
-
-@dataclass(frozen=True)
-class Module:
-    name: str
-    script: str | None = None
-    """The script's path relative to the config's directory; None for a built-in module."""
-    text: str = ""
-    """The script, read once at load (the build runs this text, never the path again)."""
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    origin: str
-    """The config file, or "default config"."""
-    name: str
-    release: str
-    mirror: str
-    security_mirror: str | None
-    components: list[str]
-    variant: str
-    bootstrapper: str
-    packages: list[str]
-    hostname: str
-    locale: str
-    user: dict[str, Any]
-    before: list[Module]
-    after: list[Module]
-    files: list[FileSpec] = field(default_factory=list)
-
-    def uses(self, module: str) -> bool:
-        return any(m.name == module and m.script is None for m in self.before + self.after)
 
 
 def _modules(entries: list[str], context: Context, where: str) -> list[Module]:

@@ -5,16 +5,22 @@ systemd-nspawn container, see :mod:`realms.builder.stages`), never on the host. 
 are written here from the config's values; a user's module is their own script file. The same
 config always gives the same scripts, which is what lets the build cache trust its key.
 
+Each built-in module is declared once, in :data:`BUILTINS`: its name, what it does (for the
+template and the errors), the package it needs and its script. The build config's checks and
+template take them from there.
+
 Every config value written into a script is either quoted (``shlex.quote``) or inside a quoted
-here-document, on top of the checks of :mod:`realms.builder.config` (plain names, URIs without
+here-document, on top of the checks of :mod:`realms.builder.schema` (plain names, URIs without
 spaces or quotes): a config cannot add a command to a script.
 """
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from realms.builder.config import BuildConfig
+from realms.builder.spec import BuildConfig
 
 _FINISH = """\
 apt-get clean
@@ -31,7 +37,8 @@ EOF
 """
 
 
-def _write_apt_sources(config: BuildConfig, security: str | None) -> str:
+def _write_apt_sources(config: BuildConfig) -> str:
+    security = config.security_mirror
     suites = [config.release]
     stable = config.release not in ("sid", "unstable", "experimental")
     if stable:
@@ -108,20 +115,55 @@ chmod 0440 {path}
 """
 
 
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in module."""
+
+    name: str
+    doc: str
+    """What it does (the template lists it)."""
+    write: Callable[[BuildConfig], str]
+    """Its script for a config."""
+    needs: str | None = None
+    """A package it needs installed (refused at load without it; configure-locale's package,
+    locales, is installed by the bootstrapper already, since it runs before the packages)."""
+
+
+BUILTINS = {
+    module.name: module
+    for module in [
+        Builtin(
+            "no-install-recommends",
+            "apt installs no recommended or suggested packages",
+            _no_install_recommends,
+        ),
+        Builtin(
+            "write-apt-sources",
+            "write the mirror and release as the image's apt sources (deb822)",
+            _write_apt_sources,
+        ),
+        Builtin(
+            "configure-locale",
+            "generate the locale and make it the default (needs package locales)",
+            _configure_locale,
+        ),
+        Builtin(
+            "create-user", "create the user of [user], with a home, in its groups", _create_user
+        ),
+        Builtin("set-hostname", "write /etc/hostname and /etc/hosts", _set_hostname),
+        Builtin(
+            "sudo-nopasswd",
+            "let the user use sudo without a password",
+            _sudo_nopasswd,
+            needs="sudo",
+        ),
+    ]
+}
+
+
 def builtin_script(name: str, config: BuildConfig) -> str:
     """The script of built-in module ``name`` for ``config``."""
-    writers = {
-        "no-install-recommends": _no_install_recommends,
-        "configure-locale": _configure_locale,
-        "create-user": _create_user,
-        "set-hostname": _set_hostname,
-        "sudo-nopasswd": _sudo_nopasswd,
-    }
-    if name == "write-apt-sources":
-        body = _write_apt_sources(config, config.security_mirror)
-    else:
-        body = writers[name](config)
-    return "set -eu\n" + body
+    return "set -eu\n" + BUILTINS[name].write(config)
 
 
 def finish_script() -> str:

@@ -19,18 +19,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from realms import settings
+from realms.builder.modules import BUILTINS
 from realms.errors import InvalidName
 from realms.names import check_appimg_name
 from realms.settings import Rejected, Setting, Type, choice, strings, value
 
-BUILTIN_MODULES = {
-    "no-install-recommends": "apt installs no recommended or suggested packages",
-    "write-apt-sources": "write the mirror and release as the image's apt sources (deb822)",
-    "configure-locale": "generate the locale and make it the default (needs package locales)",
-    "create-user": "create the user of [user], with a home, in its groups",
-    "set-hostname": "write /etc/hostname and /etc/hosts",
-    "sudo-nopasswd": "let the user use sudo without a password",
-}
+BUILTIN_MODULES = {name: module.doc for name, module in BUILTINS.items()}
+"""The built-in modules (declared in :mod:`realms.builder.modules`) and what they do."""
 DEFAULT_BEFORE = [
     "no-install-recommends",
     "write-apt-sources",
@@ -39,9 +34,8 @@ DEFAULT_BEFORE = [
     "set-hostname",
 ]
 DEFAULT_AFTER = ["sudo-nopasswd"]
-# Modules that only work with a package installed (configure-locale's package, locales, is
-# installed by the bootstrapper already, since it runs before the packages).
-NEEDS_PACKAGE = {"sudo-nopasswd": "sudo"}
+NEEDS_PACKAGE = {name: module.needs for name, module in BUILTINS.items() if module.needs}
+"""Modules that only work with a package installed."""
 DEFAULT_PACKAGES = [
     "bash-completion",
     "ca-certificates",
