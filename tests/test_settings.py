@@ -119,3 +119,24 @@ def test_every_builtin_module_has_a_script_and_its_package_is_a_default() -> Non
         assert modules.builtin_script(name, loaded).startswith("set -eu\n")
         assert module.needs is None or module.needs in schema.DEFAULT_PACKAGES
     assert set(schema.DEFAULT_BEFORE + schema.DEFAULT_AFTER) <= set(modules.BUILTINS)
+
+
+DOCUMENT = Path(__file__).parent.parent / "docs/settings.md"
+REGENERATE = (
+    ".venv/bin/python -c 'import tests.test_settings as t; t.DOCUMENT.write_text(t.document())'"
+)
+
+
+def document() -> str:
+    """docs/settings.md, as the declarations make it."""
+    return (
+        "# Settings\n\nGenerated from the declarations in src/realms/config.py and "
+        "src/realms/builder/schema.py; do not edit.\n\n"
+        + config.reference()
+        + "\n"
+        + schema.reference()
+    )
+
+
+def test_the_committed_settings_document_is_generated_from_the_declarations() -> None:
+    assert DOCUMENT.read_text() == document(), f"docs/settings.md is stale: {REGENERATE}"

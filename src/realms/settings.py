@@ -247,8 +247,8 @@ def reference(settings: Iterable[Setting[Any]], title: str) -> str:
     """A Markdown table of ``settings``: key, what it takes, default, what it does."""
     lines = [f"### {title}", "", "| Key | Value | Default | What it does |", "|---|---|---|---|"]
     for setting in settings:
-        default = "(required)" if setting.required else f"`{toml_value(setting.default)}`"
-        default = default.replace("\n", " ").replace("    ", "")
+        # JSON's one-line lists are TOML's too.
+        default = "(required)" if setting.required else f"`{json.dumps(setting.default)}`"
         lines.append(
             f"| `{setting.name}` | {setting.type.expected} | {default} | "
             + setting.doc.replace("|", "\\|")

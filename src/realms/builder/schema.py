@@ -233,6 +233,9 @@ def reference() -> str:
             settings.reference(KEYS, "Build config (`realms appimg build FILE`)"),
             settings.reference(USER_KEYS, "Build config, `[user]`"),
             settings.reference(MODULE_KEYS, "Build config, `[modules]`"),
+            "Built-in modules:\n",
+            *(f"- `{name}`: {doc}" for name, doc in BUILTIN_MODULES.items()),
+            "",
             settings.reference(FILE_KEYS, "Build config, `[[files]]` (one table per file)"),
         ]
     )
