@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from realms.appimg.images import Verification
     from realms.appimg.update import UpdateResult
     from realms.builder.build import BuildResult
-    from realms.image.keys import Keyring
+    from realms.image.keys import KeyInfo, Keyring
 from realms.appimg.versions import Pruned, prune, rollback, set_pinned, versions
 from realms.container import systemd_is_pid1
-from realms.errors import AlreadyExists
+from realms.errors import AlreadyExists, RealmsError
 from realms.realm import (
     RealmInfo,
     default_realm,
@@ -54,20 +54,26 @@ __all__ = [
     "AppimgRecord",
     "BuildResult",
     "InitResult",
+    "KeyTrusted",
     "Pruned",
     "RealmInfo",
+    "Revocation",
     "Status",
     "Store",
     "UpdateResult",
     "Version",
     "appimg_versions",
     "build_appimg",
+    "default",
     "default_realm",
     "export_appimg",
+    "export_key",
+    "generate_key",
     "import_appimg",
     "init",
     "keyring",
     "list_appimgs",
+    "list_keys",
     "list_realms",
     "locate",
     "new_realm",
@@ -76,13 +82,16 @@ __all__ = [
     "prune_appimg",
     "remove_appimg",
     "remove_realm",
+    "revoke_key",
     "rollback_appimg",
     "run_in_realm",
     "seal_appimg",
     "set_default_realm",
+    "shell",
     "show_appimg",
     "show_realm",
     "status",
+    "trust_key",
     "update_appimg",
     "verify_appimg",
     "write_build_template",
@@ -187,6 +196,91 @@ def keyring(store: Store) -> Keyring:
     from realms.image.keys import Keyring
 
     return Keyring(store)
+
+
+def generate_key(store: Store, channel: str, *, replace: bool = False) -> str:
+    """Make the channel's signing key and trust it; return its public key (hex)."""
+    return keyring(store).generate(channel, replace=replace)
+
+
+def list_keys(store: Store) -> list[KeyInfo]:
+    """Every trusted and revoked key, and whether this store signs with it."""
+    return keyring(store).keys()
+
+
+def export_key(store: Store, channel: str) -> str:
+    """The channel's public key (hex): the one this store signs with, else the one key trusted
+    for the channel; refused when there is none or several to choose from."""
+    from realms.image.keys import check_channel
+
+    ring = keyring(store)
+    public = ring.signing_public(check_channel(channel))
+    if public is not None:
+        return public
+    trusted = ring.trusted(channel)
+    if len(trusted) != 1:
+        raise RealmsError(
+            f"no signing key for channel {channel!r} in this store",
+            hint="'realms key list' shows the trusted keys",
+        )
+    return trusted[0]
+
+
+@dataclass(frozen=True)
+class KeyTrusted:
+    public: str
+    """The key, in lower-case hex."""
+    added: bool
+    """False when it was trusted for the channel already."""
+
+
+def trust_key(store: Store, channel: str, key: str) -> KeyTrusted:
+    """Trust a public key (64 hex characters, or a file holding them) for ``channel``."""
+    from realms.image.keys import parse_public_key
+
+    public = parse_public_key(key)
+    return KeyTrusted(public, keyring(store).trust(channel, public))
+
+
+@dataclass(frozen=True)
+class Revocation:
+    public: str
+    channels: list[str]
+    """The channels it was trusted for."""
+
+
+def revoke_key(store: Store, key: str) -> Revocation:
+    """Revoke a public key (64 hex characters, or a file holding them) for good: every image it
+    signed fails verification from now on."""
+    from realms.image.keys import parse_public_key
+
+    public = parse_public_key(key)
+    channels = keyring(store).revoke(public)
+    # Images it signed are refused from now on: their activations go, except where a realm
+    # runs on one (it goes when it is next used, which checks the signature again).
+    activation.release_untrusted(store)
+    return Revocation(public, channels)
+
+
+def default(store: Store, name: str | None = None) -> str:
+    """Make ``name`` the default realm, or, without one, return the default realm; refused when
+    there is none."""
+    if name:
+        set_default_realm(store, name)
+        return name
+    found = default_realm(store)
+    if found is None:
+        raise RealmsError("no default realm", hint="'realms default NAME' sets one")
+    return found
+
+
+def shell(store: Store, name: str | None = None, *, root: bool = False) -> int:
+    """An interactive login shell in realm ``name`` (default: the default realm); return its
+    exit status."""
+    name = name or default_realm(store)
+    if name is None:
+        raise RealmsError("no realm named and no default realm", hint="name one: realms shell NAME")
+    return run_in_realm(store, name, [], root=root)
 
 
 def open_store(path: str | Path | None = None) -> Store:

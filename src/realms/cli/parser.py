@@ -1,0 +1,96 @@
+"""The argparse parser, built from the command table (:mod:`realms.cli.table`).
+
+Help texts, usage lines and choices all come from the table; this module only knows how argparse
+is driven. The parsed namespace carries the command's entry as ``entry``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+from realms import __version__
+from realms.cli.table import COMMANDS, GLOBAL_OPTIONS, PROGRAM_DESCRIPTION, Arg, Command, Group
+from realms.errors import readable
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line, ``realms: error: ...``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"realms: error: {readable(message)}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _common() -> Parser:
+    """Global options, accepted before or after the command."""
+    common = Parser(add_help=False)
+    group = common.add_argument_group("global options")
+    for option in GLOBAL_OPTIONS:
+        _add(group, option, default=argparse.SUPPRESS)
+    return common
+
+
+def _add(target: Any, arg: Arg, **extra: Any) -> None:
+    """Add one argument of the table to a parser, group or mutually exclusive group."""
+    names = [arg.short, arg.name] if arg.short else [arg.name]
+    options: dict[str, Any] = {"help": arg.help}
+    if arg.flag:
+        options["action"] = "store_true"
+    else:
+        if arg.type is int:
+            options["type"] = int
+        if arg.choices:
+            options["choices"] = list(arg.choices)
+        if arg.default is not None:
+            options["default"] = arg.default
+        if arg.metavar:
+            options["metavar"] = arg.metavar
+        if arg.optional:
+            options["nargs"] = "?"
+    options.update(extra)
+    target.add_argument(*names, **options)
+
+
+def _dest(path: tuple[str, ...]) -> str:
+    """Where argparse keeps the command word chosen below ``path``."""
+    return "_".join([*path, "command"])
+
+
+def build_parser() -> Parser:
+    common = _common()
+    parser = Parser(prog="realms", description=PROGRAM_DESCRIPTION, parents=[common])
+    parser.add_argument("--version", action="version", version=f"realms {__version__}")
+    groups: dict[tuple[str, ...], Any] = {
+        (): parser.add_subparsers(dest=_dest(()), metavar="COMMAND", required=True)
+    }
+    for entry in COMMANDS:
+        sub: Parser = groups[entry.path[:-1]].add_parser(
+            entry.path[-1],
+            help=entry.help,
+            description=entry.description or entry.help,
+            parents=[common],
+        )
+        if isinstance(entry, Group):
+            groups[entry.path] = sub.add_subparsers(
+                dest=_dest(entry.path), metavar="COMMAND", required=True
+            )
+            continue
+        _add_command(sub, entry)
+    return parser
+
+
+def _add_command(sub: Parser, entry: Command) -> None:
+    exclusive: dict[str, Any] = {}
+    for arg in entry.args:
+        if arg.exclusive is None:
+            _add(sub, arg)
+            continue
+        if arg.exclusive not in exclusive:
+            exclusive[arg.exclusive] = sub.add_mutually_exclusive_group()
+        _add(exclusive[arg.exclusive], arg)
+    sub.set_defaults(entry=entry, **dict(entry.constants))
+    if entry.usage:
+        sub.usage = entry.usage

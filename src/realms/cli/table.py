@@ -1,0 +1,445 @@
+"""The command table: every command of ``realms``, declared once.
+
+Each :class:`Command` names its words (``("appimg", "seal")``), its help and description, its
+arguments with their types, choices, defaults and metavars, whether it needs root, and the
+handler that runs it. Everything else is made from this table: the argparse parser
+(:mod:`realms.cli.parser`, so ``realms --help`` and every command's help), the README's command
+table, the bash and zsh completions and the man page (:mod:`realms.cli.generate`).
+
+A new command is one entry here plus one handler (a function in a ``handlers_*`` module that
+calls one function of :mod:`realms.api`); then ``python -m realms.cli.generate`` writes the
+documents again. This module imports nothing of realms: ``realms --help`` and ``--version``
+start without loading the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Complete = Literal["appimg", "realm", "channel", "file", "dir"]
+"""What a shell completes an argument's value from: names in the store, or files."""
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument: a positional (``name``) or an option (``--pool-size``, ``-v --verbose``)."""
+
+    name: str
+    help: str | None = None
+    type: type[str] | type[int] = str
+    flag: bool = False
+    """An option without a value (store_true)."""
+    optional: bool = False
+    """A positional that may be left out."""
+    choices: tuple[str, ...] = ()
+    default: str | None = None
+    metavar: str | None = None
+    short: str | None = None
+    """The one-letter form of an option (``-v``)."""
+    exclusive: str | None = None
+    """Options with the same value here are mutually exclusive."""
+    complete: Complete | None = None
+
+    @property
+    def positional(self) -> bool:
+        return not self.name.startswith("-")
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
+
+    @property
+    def value_name(self) -> str:
+        """How the value is written in a synopsis: CONFIG, NAME, SIZE, ext4|erofs."""
+        if self.choices:
+            return "|".join(self.choices)
+        return self.metavar or self.dest.upper()
+
+
+@dataclass(frozen=True)
+class Group:
+    """A word that groups commands (``appimg``, ``key``)."""
+
+    path: tuple[str, ...]
+    help: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Command:
+    path: tuple[str, ...]
+    help: str
+    handler: str
+    """``module.function`` below realms.cli, imported only when the command runs."""
+    description: str = ""
+    args: tuple[Arg, ...] = ()
+    trailing: Literal["required", "optional"] | None = None
+    """Whether everything after ``--`` is a command to run (always its own, never options)."""
+    needs_root: bool = True
+    root_free_flag: str | None = None
+    """An option with which the command needs no root (``build --new`` only writes a file)."""
+    constants: tuple[tuple[str, bool], ...] = ()
+    """Values the handler gets without an argument (``pin`` and ``unpin`` share one handler)."""
+    usage: str | None = None
+    """argparse's usage line, when the one it makes cannot say it (``-- COMMAND``)."""
+
+    @property
+    def name(self) -> str:
+        return " ".join(self.path)
+
+    def needs_root_with(self, flags: dict[str, object]) -> bool:
+        if not self.needs_root:
+            return False
+        return not (self.root_free_flag is not None and flags.get(self.root_free_flag))
+
+
+JSON = Arg("--json", "print JSON with stable keys", flag=True)
+NAME_APPIMG = Arg("name", complete="appimg")
+NAME_REALM = Arg("name", complete="realm")
+VERSION_OPTION = Arg("--version", "default: the current version", type=int)
+
+GLOBAL_OPTIONS: tuple[Arg, ...] = (
+    Arg(
+        "--store",
+        "the store directory (default: $REALMS_STORE, else /var/lib/realms)",
+        metavar="DIR",
+        complete="dir",
+    ),
+    Arg("--verbose", "also show every external command that runs", flag=True, short="-v"),
+    Arg("--quiet", "show only errors, warnings and results", flag=True, short="-q"),
+)
+"""Accepted before or after the command."""
+
+PROGRAM_DESCRIPTION = "Application images (appimgs) and the realms (containers) made from them."
+
+COMMANDS: tuple[Group | Command, ...] = (
+    Command(
+        ("init",),
+        "prepare the store (safe to run again)",
+        "realm_handlers.init",
+        "Prepare the store. If its directory is on btrfs it is used as it is; otherwise a btrfs "
+        "filesystem is made in a sparse image file beside it (DIR.pool.img) and mounted on it. "
+        "Run again, it changes nothing, or mounts that pool again after a reboot.",
+        (
+            Arg(
+                "--pool-size",
+                "size of a new pool image (sparse: it takes only what is used; default 32G)",
+                default="32G",
+                metavar="SIZE",
+            ),
+            Arg(
+                "--backend",
+                "btrfs (snapshots; a pool image if the directory is not on btrfs), copy (plain "
+                "directories, realms made with cp --reflink=auto), or auto (btrfs; default)",
+                choices=("auto", "btrfs", "copy"),
+                default="auto",
+            ),
+        ),
+    ),
+    Command(
+        ("status",),
+        "show the store, its backend, the kernel's features and the verity enforcement",
+        "realm_handlers.status",
+        args=(JSON,),
+    ),
+    Group(
+        ("appimg",),
+        "manage application images",
+        "Manage application images: the root filesystems realms are made from.",
+    ),
+    Command(("appimg", "list"), "list appimgs", "appimg_handlers.list_", args=(JSON,)),
+    Command(
+        ("appimg", "show"),
+        "show an appimg: its versions and the realms made from it",
+        "appimg_handlers.show",
+        args=(NAME_APPIMG, JSON),
+    ),
+    Command(
+        ("appimg", "import"),
+        "import a directory or a root filesystem tarball as an appimg",
+        "appimg_handlers.import_",
+        "Import SOURCE as a new appimg of kind tree: a directory (copied with cp -a) or a "
+        "tarball (.tar, .tar.gz, .tar.xz, .tar.zst, .tar.bz2; every entry is checked first, "
+        "then it is extracted keeping ownership, modes, xattrs, links and device nodes). The "
+        "result becomes read-only version 1.",
+        (
+            NAME_APPIMG,
+            Arg("source", "a directory or a tarball", complete="file"),
+            Arg(
+                "--new-version",
+                "import as the next version of the existing appimg NAME (realms made before "
+                "keep their version)",
+                flag=True,
+            ),
+        ),
+    ),
+    Command(
+        ("appimg", "build"),
+        "build a Debian-based appimg from a declarative config (default: base)",
+        "appimg_handlers.build",
+        "Build a tree appimg from CONFIG (a TOML file; without one, the default appimg base: "
+        "Debian trixie with a user 'user', uid 1000) and commit it as the appimg's new current "
+        "version, or write it to --output. Downloaded packages and finished builds are cached "
+        "in the store: a build whose inputs (config, the files and scripts it names, release, "
+        "mirror, packages) did not change reuses its result. The log of every build is kept in "
+        "the store's logs/ directory.",
+        (
+            Arg("config", "the build config", optional=True, metavar="CONFIG", complete="file"),
+            Arg(
+                "--name",
+                "the appimg to build (default: the config's name)",
+                complete="appimg",
+            ),
+            Arg(
+                "--new",
+                "write a commented template config to CONFIG (default: build.toml) and stop",
+                flag=True,
+            ),
+            Arg(
+                "--output",
+                "write the result as a tarball (.tar, .tar.gz, .tar.xz, .tar.zst), not a version",
+                metavar="FILE",
+                complete="file",
+            ),
+            Arg(
+                "--rebuild",
+                "build even when the inputs did not change (to get the mirror's newest packages)",
+                flag=True,
+            ),
+        ),
+        root_free_flag="new",
+    ),
+    Command(
+        ("appimg", "seal"),
+        "make a sealed version (dm-verity, signed) from the current tree version",
+        "appimg_handlers.seal",
+        "Make a new version from the appimg's current tree version: a filesystem image (ext4, "
+        "or erofs: smaller, compressed) in Citadel's RealmFS layout, with a dm-verity hash tree "
+        "over it (fresh random salt) and its metainfo signed with the channel's key, and make "
+        "it current. --no-verity makes a plain, unsigned block version instead.",
+        (
+            NAME_APPIMG,
+            Arg(
+                "--channel",
+                "the signing key's channel (default: realmfs-user)",
+                complete="channel",
+            ),
+            Arg("--fs", "default: ext4", choices=("ext4", "erofs"), default="ext4"),
+            Arg("--no-verity", "a block version: no hash tree, no signature", flag=True),
+        ),
+    ),
+    Command(
+        ("appimg", "verify"),
+        "check a version: header, signature against trusted keys, every data and hash block",
+        "appimg_handlers.verify",
+        "Check a version (default: the current one). For an image: the header byte for byte, "
+        "the size, the signature against the trusted and unrevoked keys of its channel, the "
+        "filesystem, and every data and hash block (the first bad one is named). Exits 1 when "
+        "a check fails.",
+        (NAME_APPIMG, VERSION_OPTION, JSON),
+    ),
+    Command(
+        ("appimg", "export"),
+        "write a version to a file: an image version as its image, a tree as a tarball",
+        "appimg_handlers.export",
+        args=(
+            NAME_APPIMG,
+            Arg(
+                "file",
+                "for a tree version: .tar, .tar.gz, .tar.xz or .tar.zst",
+                complete="file",
+            ),
+            VERSION_OPTION,
+        ),
+    ),
+    Command(
+        ("appimg", "versions"),
+        "list an appimg's versions: when and how each was made, what it changed, pins",
+        "appimg_handlers.versions",
+        args=(NAME_APPIMG, JSON),
+    ),
+    Command(
+        ("appimg", "rollback"),
+        "make an earlier version current again (recorded in the appimg's history)",
+        "appimg_handlers.rollback",
+        "Make VERSION (default: the newest version older than the current one) the current "
+        "version: new realms are made from it. Nothing is deleted; realms are not changed.",
+        (NAME_APPIMG, Arg("version", type=int, optional=True)),
+    ),
+    Command(
+        ("appimg", "prune"),
+        "delete old versions, never the current one, pinned ones, or images realms run on",
+        "appimg_handlers.prune",
+        "Delete all but the N newest versions of the appimg (N: --keep, else keep-versions of "
+        "the config, 3). The current version, pinned versions and block or sealed versions "
+        "that realms run on are always kept; realms made from deleted tree versions keep "
+        "working (their root filesystems are their own).",
+        (NAME_APPIMG, Arg("--keep", "how many versions to keep", type=int, metavar="N")),
+    ),
+    Command(
+        ("appimg", "pin"),
+        "keep a version from being pruned",
+        "appimg_handlers.pin",
+        args=(NAME_APPIMG, Arg("version", type=int)),
+        constants=(("pinned", True),),
+    ),
+    Command(
+        ("appimg", "unpin"),
+        "let a pinned version be pruned again",
+        "appimg_handlers.pin",
+        args=(NAME_APPIMG, Arg("version", type=int)),
+        constants=(("pinned", False),),
+    ),
+    Command(
+        ("appimg", "remove"),
+        "remove an appimg and all its versions (refused while realms run on its images; "
+        "realms made from its tree versions keep working)",
+        "appimg_handlers.remove",
+        args=(NAME_APPIMG,),
+    ),
+    Group(
+        ("key",),
+        "manage signing keys and trusted keys",
+        "Ed25519 keys that sign sealed images, per channel; several trusted keys per channel, "
+        "and revocation.",
+    ),
+    Command(
+        ("key", "generate"),
+        "make the channel's signing key (kept mode 0600 in the store) and trust it",
+        "key_handlers.generate",
+        args=(
+            Arg("channel", complete="channel"),
+            Arg(
+                "--replace",
+                "replace the channel's signing key; the old public key stays trusted until revoked",
+                flag=True,
+            ),
+        ),
+    ),
+    Command(("key", "list"), "list trusted and revoked keys", "key_handlers.list_", args=(JSON,)),
+    Command(
+        ("key", "export"),
+        "print the channel's public key in hex",
+        "key_handlers.export",
+        args=(Arg("channel", complete="channel"),),
+    ),
+    Command(
+        ("key", "trust"),
+        "trust a public key for a channel (several may be)",
+        "key_handlers.trust",
+        args=(
+            Arg("channel", complete="channel"),
+            Arg("pubkey", "64 hex characters, or a file holding them", complete="file"),
+        ),
+    ),
+    Command(
+        ("key", "revoke"),
+        "revoke a public key: every image it signed fails verification",
+        "key_handlers.revoke",
+        args=(Arg("pubkey", "64 hex characters, or a file holding them", complete="file"),),
+    ),
+    Command(
+        ("update-appimg",),
+        "change an appimg in a container with a root shell (or a command); exit 0 commits",
+        "appimg_handlers.update",
+        "Open a root shell (or run COMMAND) in a container on a working snapshot of the appimg's "
+        "current version (NAME: default-appimg of the config), with the host's network. When "
+        "it exits with status 0 the snapshot becomes the appimg's new current version; any "
+        "other status, --discard, or realms being stopped or killed leaves the appimg as it "
+        "was. Realms are never changed: realms made before show as outdated. The exit status "
+        "is passed through. An update commits only on the version it started from: if another "
+        "version became current while it ran (an import, a build, a seal, a rollback), "
+        "nothing is committed and its tree is kept (appimg/NAME/kept-update, shown by "
+        "'realms appimg versions') until --commit-kept commits it anyway as the next version "
+        "or --discard-kept deletes it; no other update of the appimg starts meanwhile.",
+        (
+            Arg("name", "default: the default appimg", optional=True, complete="appimg"),
+            Arg("--discard", "never commit: a scratch session on a copy", flag=True),
+            Arg(
+                "--commit-kept",
+                "commit the kept update (one refused because another version became current "
+                "while it ran) anyway, as the next version",
+                flag=True,
+                exclusive="kept",
+            ),
+            Arg("--discard-kept", "delete the kept update", flag=True, exclusive="kept"),
+        ),
+        trailing="optional",
+        usage="realms update-appimg [-h] [--discard] [NAME] [-- COMMAND [ARG ...]]\n"
+        "       realms update-appimg [-h] [NAME] --commit-kept | --discard-kept",
+    ),
+    Command(
+        ("new",),
+        "make a realm from an appimg",
+        "realm_handlers.new",
+        "Make a realm from the appimg's current version, with a home made from the store's "
+        "skel/. From a tree version, its root filesystem is a writable snapshot (zero cost on "
+        "btrfs); from a block or sealed version, a writable layer over the image, which is "
+        "checked (sealed: signature, and dm-verity or every block) and mounted once for all "
+        "the realms made from it. The first realm becomes the default realm.",
+        (
+            Arg("name"),
+            Arg(
+                "--appimg",
+                "default: default-appimg in the config (base)",
+                metavar="APPIMG",
+                complete="appimg",
+            ),
+        ),
+    ),
+    Command(
+        ("list",),
+        "list realms, their appimg version, and whether it is outdated",
+        "realm_handlers.list_",
+        args=(JSON,),
+    ),
+    Command(("show",), "show a realm", "realm_handlers.show", args=(NAME_REALM, JSON)),
+    Command(
+        ("remove",),
+        "remove a realm (refused while something runs in it)",
+        "realm_handlers.remove",
+        args=(
+            NAME_REALM,
+            Arg(
+                "--keep-home",
+                "move the realm's home to the store's removed/ directory instead of deleting it",
+                flag=True,
+            ),
+        ),
+    ),
+    Command(
+        ("shell",),
+        "open a login shell in a realm (as the realm's user, uid 1000, unless --root)",
+        "realm_handlers.shell",
+        args=(
+            Arg("name", "default: the default realm", optional=True, complete="realm"),
+            Arg("--root", "a root shell", flag=True),
+        ),
+    ),
+    Command(
+        ("run",),
+        "run a command in a realm and pass its exit status through",
+        "realm_handlers.run",
+        "Run COMMAND in realm NAME with systemd-nspawn, as the realm's user (uid 1000, in "
+        "/home/user) unless --root. Its exit status becomes realms' exit status.",
+        (NAME_REALM, Arg("--root", "run as root", flag=True)),
+        trailing="required",
+        usage="realms run [-h] [--root] NAME -- COMMAND [ARG ...]",
+    ),
+    Command(
+        ("default",),
+        "print the default realm, or set it to NAME",
+        "realm_handlers.default",
+        args=(Arg("name", optional=True, complete="realm"),),
+    ),
+)
+
+
+def commands() -> list[Command]:
+    return [entry for entry in COMMANDS if isinstance(entry, Command)]
+
+
+def trailing_words() -> set[str]:
+    """The words after which ``--`` starts a command to run (``run``, ``update-appimg``)."""
+    return {entry.path[-1] for entry in commands() if entry.trailing}
