@@ -235,18 +235,25 @@ def _check_layer_paths(overlay: Overlay) -> None:
 
 
 def _userns_for(container: Container) -> idmap.UserNamespace | None:
-    """The user namespace whose mapping idmapped layers take (checked to work here)."""
+    """The user namespace whose mapping an overlay's idmapped lower layer takes, checked to
+    work here; None for a tree, which nspawn idmaps itself (the check runs once per
+    filesystem and boot, so that a refusal is one clear line rather than nspawn's)."""
     users = container.private_users
     if users is None:
+        return None
+    below = container.overlay.lower if container.overlay else container.rootfs
+    if container.overlay is None and idmap.known_to_idmap(below):
         return None
     base = users if isinstance(users, int) else idmap.LAST_BASE
     namespace = idmap.make_user_namespace(base)
     try:
-        below = container.overlay.lower if container.overlay else container.rootfs
         idmap.require_idmap(below, namespace, f"container {container.machine}")
     except BaseException:
         namespace.close()
         raise
+    if container.overlay is None:
+        namespace.close()
+        return None
     return namespace
 
 

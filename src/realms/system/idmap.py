@@ -188,6 +188,24 @@ def idmap_supported(path: Path, userns: UserNamespace) -> bool:
     return True
 
 
+_KNOWN_DIR = Path("/run/realms")
+
+
+def _known_marker(path: Path) -> Path | None:
+    """The marker that says the filesystem of ``path`` took an idmapped mount since boot."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        device = os.stat(path).st_dev
+    except OSError:
+        return None
+    return _KNOWN_DIR / f"idmap-ok.{boot}.{device}"
+
+
+def known_to_idmap(path: Path) -> bool:
+    marker = _known_marker(path)
+    return marker is not None and marker.exists()
+
+
 def require_idmap(path: Path, userns: UserNamespace, what: str) -> None:
     if not idmap_supported(path, userns):
         raise RealmsError(
@@ -196,6 +214,17 @@ def require_idmap(path: Path, userns: UserNamespace, what: str) -> None:
             hint="use a kernel >= 5.19 with the store on btrfs, ext4 or xfs; or set isolation = "
             '"privileged" in the realm\'s config (its root is then host root)',
         )
+    marker = _known_marker(path)
+    if marker is not None:
+        try:
+            _KNOWN_DIR.mkdir(mode=0o700, exist_ok=True)
+            boot = marker.name.split(".")[1]
+            for old in _KNOWN_DIR.glob("idmap-ok.*"):
+                if old.name.split(".")[1] != boot:  # /run need not be a tmpfs
+                    old.unlink(missing_ok=True)
+            marker.touch()
+        except OSError:
+            pass  # only a shortcut for the next run
 
 
 def mount_idmapped(source: Path, target: Path, userns: UserNamespace) -> None:
