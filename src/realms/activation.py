@@ -2,11 +2,11 @@
 
 A realm on a block or sealed version has no root filesystem of its own, only a writable layer
 over the image. The image is *activated* once per version and shared by every realm made from
-it: attached to a loop device (read-only, from offset 4096, see :mod:`realms.system.loop`) and
-mounted read-only at ``STORE/active/APPIMG.vN``. The activation's users are the realms whose
-origin is that version (:mod:`realms.origin`), so its reference count is never stored, only
-derived: it is made when the first realm is made or started, and released (unmounted, which
-frees the loop device) when the last one is removed.
+it: attached to a loop device (read-only, after the image's header, see
+:mod:`realms.system.loop`) and mounted read-only at ``STORE/active/APPIMG.vN``. The
+activation's users are the realms whose origin is that version (:mod:`realms.origin`), so its
+reference count is never stored, only derived: it is made when the first realm is made or
+started, and released (unmounted, which frees the loop device) when the last one is removed.
 
 A sealed image is checked before it is mounted: its signature against the trusted, unrevoked
 keys of its channel, always; then, by the ``verity`` policy of the global config:
@@ -23,22 +23,23 @@ also when it is active already), against the trust as it is then: a revoked key 
 once, and revoking one releases the activations of the images it signed on which no realm runs
 (:func:`release_untrusted`).
 
-Activation and release happen under the appimg's activation lock. A command killed while
-activating leaves at most an activation that no realm uses; the next realm command on that
-appimg releases it.
+Activation and release happen under the appimg's activation lock
+(:meth:`realms.store.Layout.activation_lock`). A command killed while activating leaves at most
+an activation that no realm uses; the next realm command on that appimg releases it.
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from realms import locks, log, origin
-from realms.appimg.record import Version
+from realms import log, origin
+from realms.appimg.record import Version, load_record
 from realms.errors import InvalidInput, RealmsError
+from realms.image.header import HEADER_SIZE, data_size
+from realms.kinds import IMAGE_KINDS, ImageKind, VerityMode
 from realms.store import Store
 from realms.system import kernel, mounts
 from realms.system.run import run
@@ -46,11 +47,8 @@ from realms.system.run import run
 if TYPE_CHECKING:
     from realms.image.header import Header
 
-# The image modules (hashing, signatures) are imported where an image is activated, not here:
-# every realm command imports this module, and most never activate anything.
-HEADER_SIZE = 4096
-
-IMAGE_KINDS = ("block", "sealed")
+# The image modules that hash and check signatures are imported where an image is activated,
+# not here: every realm command imports this module, and most never activate anything.
 
 
 @dataclass(frozen=True)
@@ -59,8 +57,8 @@ class Activation:
     version: int
     mountpoint: Path
     device: str
-    enforcement: str
-    """"kernel", "userspace" (checked at activation) or "none" (a block image)."""
+    enforcement: VerityMode
+    """kernel, userspace (checked at activation) or none (a block image)."""
     users: list[str]
 
     def to_json(self) -> dict[str, Any]:
@@ -74,34 +72,12 @@ class Activation:
         }
 
 
-def lock(store: Store, appimg: str) -> AbstractContextManager[None]:
-    """Held while an appimg's versions are activated or released."""
-    return locks.hold(
-        store.locks_dir / f"activate.{appimg}.lock",
-        what=f"activation of appimg {appimg}",
-        wait=120,
-    )
-
-
-def active_dir(store: Store) -> Path:
-    return store.root / "active"
-
-
-def mountpoint(store: Store, appimg: str, version: int) -> Path:
-    # "." cannot be part of a name, so the split back is unambiguous (Citadel split on "-").
-    return active_dir(store) / f"{appimg}.v{version}"
-
-
-def _mapper_name(store: Store, appimg: str, version: int) -> str:
-    return f"realms-{os.stat(store.root).st_ino}-{appimg}.v{version}"
-
-
-def enforcement(store: Store, kind: str) -> str:
+def enforcement(store: Store, kind: ImageKind) -> VerityMode:
     """How a version of ``kind`` is checked here, under the store's verity policy."""
-    if kind != "sealed":
-        return "none"
+    if kind != ImageKind.SEALED:
+        return VerityMode.NONE
     found = kernel.verity_enforcement(store.config.verity, kernel.features())
-    if found == "none":
+    if found == VerityMode.NONE:
         raise RealmsError(
             "the verity policy is 'kernel', but this kernel has no dm-verity",
             hint='set verity = "auto" in the global config to check sealed images in '
@@ -141,11 +117,11 @@ def _mounted(path: Path) -> mounts.Mount | None:
 
 def activate(store: Store, appimg: str, version: Version, image: Path) -> Activation:
     """Make the version usable (check, attach, mount) unless it is already; the caller holds
-    the activation lock (:func:`lock`)."""
+    the activation lock (:meth:`realms.store.Layout.activation_lock`)."""
     if version.kind not in IMAGE_KINDS:
         raise RealmsError(f"version {version.version} of appimg {appimg!r} is not an image")
     require_trusted(store, appimg, version, image)  # at every use, an existing activation too
-    target = mountpoint(store, appimg, version.version)
+    target = store.mountpoint(appimg, version.version)
     existing = _mounted(target)
     how = enforcement(store, version.kind)
     if existing is not None:
@@ -164,20 +140,20 @@ def activate(store: Store, appimg: str, version: Version, image: Path) -> Activa
     keyring = keys.Keyring(store)
     # The signature always; every block too unless the kernel will check each read.
     title = f"Checking appimg {appimg} version {version.version}"
-    with log.step(title + (" (every block)" if how == "userspace" else "")):
-        checks = realmfs.verify_image(image, keyring, data=how != "kernel")
+    with log.step(title + (" (every block)" if how == VerityMode.USERSPACE else "")):
+        checks = realmfs.verify_image(image, keyring, data=how != VerityMode.KERNEL)
     realmfs.require(checks, f"appimg {appimg} version {version.version}")
     fstype = filesystem.detect(image, HEADER_SIZE) or "ext4"
-    nblocks = header.metainfo.nblocks or 0
+    size = data_size(header.metainfo.nblocks or 0)
     target.mkdir(parents=True, exist_ok=True)
     with log.step(f"Activating appimg {appimg} version {version.version}"):
-        if how == "kernel":
+        if how == VerityMode.KERNEL:
             device = _open_verity(store, appimg, version.version, image, header)
         else:
-            with attached(image, offset=HEADER_SIZE, size=nblocks * 4096) as loop:
+            with attached(image, offset=HEADER_SIZE, size=size) as loop:
                 run(["mount", "-t", fstype, "-o", "ro,nosuid,nodev", loop, target])
                 device = loop
-        if how == "kernel":
+        if how == VerityMode.KERNEL:
             run(["mount", "-t", fstype, "-o", "ro,nosuid,nodev", device, target])
     return Activation(
         appimg, version.version, target, device, how, users(store, appimg, version.version)
@@ -185,13 +161,13 @@ def activate(store: Store, appimg: str, version: Version, image: Path) -> Activa
 
 
 def _open_verity(store: Store, appimg: str, version: int, image: Path, header: Header) -> str:
-    """Citadel's way: the loop device from offset 4096 (data and hash area), veritysetup open
+    """Citadel's way: the loop device after the header (data and hash area), veritysetup open
     with the signed root hash and the hash area's offset on that device."""
     from realms.system.loop import attached
 
     meta = header.metainfo
     assert meta.verity_root is not None and meta.nblocks is not None
-    name = _mapper_name(store, appimg, version)
+    name = store.verity_name(appimg, version)
     if Path(f"/dev/mapper/{name}").exists():  # left by a killed activation, unmounted
         run(["veritysetup", "close", name], check=False)
     with attached(image, offset=HEADER_SIZE) as loop:
@@ -203,7 +179,7 @@ def _open_verity(store: Store, appimg: str, version: int, image: Path, header: H
                 name,
                 loop,
                 meta.verity_root.hex(),
-                f"--hash-offset={meta.nblocks * 4096}",
+                f"--hash-offset={data_size(meta.nblocks)}",
             ]
         )
     return f"/dev/mapper/{name}"
@@ -212,7 +188,7 @@ def _open_verity(store: Store, appimg: str, version: int, image: Path, header: H
 def release(store: Store, appimg: str, version: int) -> bool:
     """Unmount the version's activation (the loop device goes with it); return whether there
     was one. The caller holds the activation lock and knows that no realm uses it."""
-    target = mountpoint(store, appimg, version)
+    target = store.mountpoint(appimg, version)
     mounted = _mounted(target)
     if mounted is None:
         if target.is_dir():
@@ -233,9 +209,7 @@ def release_unused(store: Store, appimg: str) -> None:
             release(store, appimg, found.version)
 
 
-def _kind(store: Store, appimg: str, number: int) -> str | None:
-    from realms.appimg.layout import load_record  # the appimg modules build on this one
-
+def _kind(store: Store, appimg: str, number: int) -> ImageKind | None:
     try:
         version = load_record(store, appimg).version(number)
     except RealmsError:
@@ -245,7 +219,7 @@ def _kind(store: Store, appimg: str, number: int) -> str | None:
 
 def activations(store: Store) -> list[Activation]:
     """Every activation of the store (mounted under ``active/``), with its users."""
-    directory = Path(os.path.realpath(active_dir(store)))
+    directory = Path(os.path.realpath(store.active_dir))
     by_version = _users_by_version(store)
     found = []
     for mount in mounts.mounts():
@@ -254,9 +228,9 @@ def activations(store: Store) -> list[Activation]:
         appimg, _, number = mount.target.name.rpartition(".v")
         if not number.isdigit():
             continue
-        how = "kernel" if mount.source.startswith("/dev/mapper/") else "userspace"
-        if how == "userspace" and _kind(store, appimg, int(number)) == "block":
-            how = "none"
+        how = VerityMode.KERNEL if mount.source.startswith("/dev/mapper/") else VerityMode.USERSPACE
+        if how == VerityMode.USERSPACE and _kind(store, appimg, int(number)) == ImageKind.BLOCK:
+            how = VerityMode.NONE
         found.append(
             Activation(
                 appimg,
@@ -299,14 +273,10 @@ def release_untrusted(store: Store) -> list[tuple[str, int]]:
     """Release every activation whose image no longer passes :func:`require_trusted` (its key
     was revoked) and on which no realm runs; return the (appimg, version) released. One on
     which a realm runs stays until it is next used or released: every use refuses it."""
-    from realms.appimg.layout import load_record, version_path
-    from realms.realm import list_realms  # the realm module builds on this one
-
     released = []
     for found in activations(store):
-        with lock(store, found.appimg):
-            running = {info.name for info in list_realms(store) if info.running}
-            if running & set(users(store, found.appimg, found.version)):
+        with store.activation_lock(found.appimg):
+            if any(store.is_running(user) for user in users(store, found.appimg, found.version)):
                 continue
             try:
                 version = load_record(store, found.appimg).version(found.version)
@@ -316,7 +286,7 @@ def release_untrusted(store: Store) -> list[tuple[str, int]]:
                 continue
             try:
                 require_trusted(
-                    store, found.appimg, version, version_path(store, found.appimg, version)
+                    store, found.appimg, version, store.version_path(found.appimg, version)
                 )
                 continue
             except RealmsError:

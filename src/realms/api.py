@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from realms import activation, pool
+from realms import activation
 from realms.appimg.ops import (
     AppimgInfo,
     import_appimg,
@@ -46,7 +46,7 @@ from realms.realm import (
     set_default_realm,
     show_realm,
 )
-from realms.store import InitResult, Store, init, locate
+from realms.store import InitResult, Store, init, locate, pool
 from realms.system import kernel
 
 __all__ = [

@@ -12,15 +12,17 @@ from pathlib import Path
 
 from realms.config import read_toml
 from realms.errors import InvalidInput, RealmsError
+from realms.kinds import ImageKind
+from realms.store.layout import ORIGIN_NAME
 
-ORIGIN_NAME = "origin.toml"
+__all__ = ["ORIGIN_NAME", "Origin", "all_origins", "load"]
 
 
 @dataclass(frozen=True)
 class Origin:
     appimg: str
     appimg_version: int
-    kind: str
+    kind: ImageKind
     created: str
     uid_base: int | None = None
     """The first host uid of the realm's user namespace (see :mod:`realms.system.idmap`);
@@ -37,7 +39,7 @@ def load(realm_dir: Path) -> Origin:
         return Origin(
             appimg=str(data["appimg"]),
             appimg_version=int(data["appimg_version"]),
-            kind=str(data["kind"]),
+            kind=ImageKind(data["kind"]),
             created=str(data["created"]),
             uid_base=int(data["uid_base"]) if "uid_base" in data else None,
         )

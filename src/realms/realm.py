@@ -19,13 +19,13 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from realms import activation, config, locks, log, origin
-from realms.appimg.layout import LOCK_WAIT, load_record, version_path
+from realms import activation, config, log, origin
+from realms.appimg.record import load_record
 from realms.container import (
     REALM_HOME,
     Bind,
@@ -39,14 +39,15 @@ from realms.container import (
 from realms.container import run as run_container
 from realms.errors import AlreadyExists, InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
+from realms.kinds import IMAGE_KINDS, ImageKind, Isolation
 from realms.names import check_appimg_name, check_existing_realm_name, check_realm_name
 from realms.store import Store, write_toml
+from realms.store.layout import REALM_CONFIG_NAME
 from realms.system import idmap
 from realms.system.fs import atomic_symlink, atomic_write, fsync_dir
 from realms.units import now
 
 REALM_UID = 1000
-CONFIG_NAME = "config"
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,9 @@ class RealmInfo:
     default: bool
     running: bool
     path: Path
-    isolation: str
-    """"userns" (the realm's root is an unprivileged host uid) or "privileged"."""
+    isolation: Isolation | str
+    """userns (the realm's root is an unprivileged host uid) or privileged; a note when the
+    realm's config cannot be read."""
 
     @property
     def outdated(self) -> bool:
@@ -84,16 +86,8 @@ class RealmInfo:
         }
 
 
-def realm_dir(store: Store, name: str) -> Path:
-    return store.realms_dir / name
-
-
-def _run_lock_path(store: Store, name: str) -> Path:
-    return store.locks_dir / f"realm.{name}.run.lock"
-
-
 def _exists(store: Store, name: str) -> bool:
-    return (realm_dir(store, name) / origin.ORIGIN_NAME).exists()
+    return (store.realm_dir(name) / origin.ORIGIN_NAME).exists()
 
 
 def _require(store: Store, name: str) -> None:
@@ -116,7 +110,8 @@ def default_realm(store: Store) -> str | None:
 
 
 def set_default_realm(store: Store, name: str) -> None:
-    with store.realm_lock(name, shared=True, wait=LOCK_WAIT):
+    store.sweep()
+    with store.realm_lock(name, shared=True):
         _require(store, name)
         atomic_symlink(f"realms/{name}", store.default_realm_link)
 
@@ -143,17 +138,17 @@ def _infos(store: Store, origins: dict[str, origin.Origin]) -> list[RealmInfo]:
             found,
             current.get(found.appimg),
             name == default,
-            not locks.is_free(_run_lock_path(store, name)),
-            realm_dir(store, name),
+            store.is_running(name),
+            store.realm_dir(name),
             _isolation(store, name),
         )
         for name, found in origins.items()
     ]
 
 
-def _isolation(store: Store, name: str) -> str:
+def _isolation(store: Store, name: str) -> Isolation | str:
     try:
-        return str(realm_settings(store, name)["isolation"])
+        return Isolation(realm_settings(store, name)["isolation"])
     except RealmsError:
         return "unknown (the realm's config is damaged)"
 
@@ -164,7 +159,7 @@ def list_realms(store: Store) -> list[RealmInfo]:
 
 def show_realm(store: Store, name: str) -> RealmInfo:
     _require(store, name)
-    return _infos(store, {name: origin.load(realm_dir(store, name))})[0]
+    return _infos(store, {name: origin.load(store.realm_dir(name))})[0]
 
 
 # Making and removing
@@ -183,31 +178,29 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
     default-appimg)."""
     check_realm_name(name)
     appimg = check_appimg_name(appimg or store.config.default_appimg)
-    with store.realm_lock(name, wait=LOCK_WAIT):
-        store.sweep(store.realms_dir, store.realm_lock, held=name)
-        if realm_dir(store, name).exists():
+    store.sweep()
+    with store.realm_lock(name):
+        if store.realm_dir(name).exists():
             raise AlreadyExists(f"realm {name!r} already exists")
-        with store.appimg_lock(appimg, shared=True, wait=LOCK_WAIT):
+        with store.appimg_lock(appimg, shared=True):
             record = load_record(store, appimg)
             version = record.current_version
-            if store.config.require_sealed and version.kind != "sealed":
+            if store.config.require_sealed and version.kind != ImageKind.SEALED:
                 raise RealmsError(
                     f"appimg {appimg!r} version {version.version} is not sealed, and the policy "
                     "require-sealed is on",
                     hint="seal it with 'realms appimg seal', or turn require-sealed off",
                 )
-            image = version.kind in activation.IMAGE_KINDS
+            image = version.kind.is_image
             if image:
                 # Checked and mounted first: a bad image stops here, before anything is made.
-                with activation.lock(store, appimg):
+                with store.activation_lock(appimg):
                     activation.release_unused(store, appimg)
-                    activation.activate(
-                        store, appimg, version, version_path(store, appimg, version)
-                    )
+                    activation.activate(store, appimg, version, store.version_path(appimg, version))
                 checkpoint("realm-new:activated")
             elif not store.backend.zero_cost:
                 log.note(f"copy backend: copying appimg {appimg!r} (not a zero-cost snapshot)")
-            with store.staging(realm_dir(store, name), f"realm {name!r}") as staged:
+            with store.staging(store.realm_dir(name), f"realm {name!r}") as staged:
                 staged.mkdir(mode=0o755)
                 uid_base = idmap.pick_base(
                     made.uid_base
@@ -219,7 +212,7 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
                         (staged / layer).mkdir(mode=0o755)
                     os.chown(staged / "upper", uid_base, uid_base)
                 else:
-                    store.backend.clone(version_path(store, appimg, version), staged / "rootfs")
+                    store.backend.clone(store.version_path(appimg, version), staged / "rootfs")
                 _make_home(store, staged / "home")
                 template = config.commented_template(
                     config.REALM_SETTINGS,
@@ -227,7 +220,7 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
                     f"{store.config_path}",
                     {"realmfs": appimg},
                 )
-                atomic_write(staged / CONFIG_NAME, template)
+                atomic_write(staged / REALM_CONFIG_NAME, template)
                 found = origin.Origin(appimg, version.version, version.kind, now(), uid_base)
                 write_toml(staged / origin.ORIGIN_NAME, found.to_toml())
                 checkpoint("realm-new:staged")
@@ -239,12 +232,12 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
 
 def remove_realm(store: Store, name: str, *, keep_home: bool = False) -> Path | None:
     """Remove a realm; with ``keep_home`` move its home to ``removed/`` and return where."""
-    with store.realm_lock(name, wait=LOCK_WAIT):
+    store.sweep()
+    with store.realm_lock(name):
         _require(store, name)
-        store.sweep(store.realms_dir, store.realm_lock, held=name)
-        directory = realm_dir(store, name)
+        directory = store.realm_dir(name)
         kept = None
-        with _hold_running(store, name):
+        with store.run_lock(name):
             was_default = default_realm(store) == name
             if keep_home and (directory / "home").exists():
                 kept = store.removed_dir / f"{name}-{now().replace(':', '')}"
@@ -255,21 +248,11 @@ def remove_realm(store: Store, name: str, *, keep_home: bool = False) -> Path | 
             store.discard(directory)
         if was_default:
             store.default_realm_link.unlink(missing_ok=True)
-    if found.kind in activation.IMAGE_KINDS:
-        with activation.lock(store, found.appimg):
+    if found.kind in IMAGE_KINDS:
+        with store.activation_lock(found.appimg):
             if not activation.users(store, found.appimg, found.appimg_version):
                 activation.release(store, found.appimg, found.appimg_version)
     return kept
-
-
-def _hold_running(store: Store, name: str) -> AbstractContextManager[None]:
-    return locks.hold(
-        _run_lock_path(store, name),
-        what=f"realm {name}",
-        wait=0,
-        busy=f"realm {name!r} is running",
-        hint="wait for what runs in it to finish; one command at a time runs in a realm",
-    )
 
 
 @contextmanager
@@ -278,14 +261,14 @@ def running(store: Store, name: str) -> Iterator[Path]:
     with ExitStack() as stack:
         # The realm lock is held only while the run lock is taken, so that a removal sees
         # either a running realm or none, and long runs do not block other realm commands.
-        with store.realm_lock(name, shared=True, wait=LOCK_WAIT):
+        with store.realm_lock(name, shared=True):
             _require(store, name)
-            stack.enter_context(_hold_running(store, name))
-        yield realm_dir(store, name)
+            stack.enter_context(store.run_lock(name))
+        yield store.realm_dir(name)
 
 
 def realm_settings(store: Store, name: str) -> dict[str, Any]:
-    return config.load_realm(realm_dir(store, name) / CONFIG_NAME, store.config.realm_defaults)
+    return config.load_realm(store.realm_dir(name) / REALM_CONFIG_NAME, store.config.realm_defaults)
 
 
 # Running
@@ -314,13 +297,13 @@ def _binds(
     if settings["use-ephemeral-home"]:
         # A tmpfs of the container's own, owned by the realm's user as the host sees it
         # (nspawn's --tmpfs would give it to the realm's root).
-        home = realm_dir(store, name) / "ephemeral-home"
+        home = store.realm_dir(name) / "ephemeral-home"
         home.mkdir(mode=0o700, exist_ok=True)
         owner = uid_base + REALM_UID
         tmpfs.append((home, f"mode=0700,uid={owner},gid={owner}"))
         binds.append(Bind(home, REALM_HOME))
     else:
-        binds.append(Bind(realm_dir(store, name) / "home", REALM_HOME, idmap=True))
+        binds.append(Bind(store.realm_dir(name) / "home", REALM_HOME, idmap=True))
     if settings["use-shared-dir"]:
         binds.append(Bind(store.shared_dir, f"{REALM_HOME}/Shared", idmap=True))
     optional = [
@@ -353,7 +336,7 @@ def _image_layers(
 ) -> tuple[Overlay | None, TreeView]:
     """For a realm on a block or sealed version: its overlay (the activated image below, the
     realm's layer above) and the view of its files before it runs (passwd, locale)."""
-    with store.appimg_lock(found.appimg, shared=True, wait=LOCK_WAIT):
+    with store.appimg_lock(found.appimg, shared=True):
         record = load_record(store, found.appimg)
         version = record.version(found.appimg_version)
         if version is None:
@@ -361,11 +344,11 @@ def _image_layers(
                 f"realm {name!r} was made from version {found.appimg_version} of appimg "
                 f"{found.appimg!r}, which is gone"
             )
-        with activation.lock(store, found.appimg):
+        with store.activation_lock(found.appimg):
             active = activation.activate(
-                store, found.appimg, version, version_path(store, found.appimg, version)
+                store, found.appimg, version, store.version_path(found.appimg, version)
             )
-    directory = realm_dir(store, name)
+    directory = store.realm_dir(name)
     mode = settings["overlay"]
     if mode == "none":
         return None, TreeView([active.mountpoint])
@@ -407,7 +390,7 @@ def _ensure_uid_base(store: Store, name: str, found: origin.Origin) -> origin.Or
         return found
     taken = [o.uid_base for o in origin.all_origins(store.realms_dir).values() if o.uid_base]
     found = dataclasses.replace(found, uid_base=idmap.pick_base(taken))
-    write_toml(realm_dir(store, name) / origin.ORIGIN_NAME, found.to_toml())
+    write_toml(store.realm_dir(name) / origin.ORIGIN_NAME, found.to_toml())
     return found
 
 
@@ -422,11 +405,11 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
     with running(store, name) as directory:
         settings = realm_settings(store, name)
         found = _ensure_uid_base(store, name, origin.load(directory))
-        userns = settings["isolation"] == "userns"
+        userns = settings["isolation"] == Isolation.USERNS
         rootfs = directory / "rootfs"
         overlay = None
         view = TreeView([rootfs])
-        if found.kind in activation.IMAGE_KINDS:
+        if found.kind in IMAGE_KINDS:
             overlay, view = _image_layers(store, name, found, settings, userns)
             if overlay is None:
                 rootfs = view.layers[0]  # overlay = "none": the image itself, read-only
@@ -453,7 +436,7 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
             workdir=REALM_HOME if user else None,
             environment={"LANG": lang} if lang else {},
             overlay=overlay,
-            read_only=found.kind in activation.IMAGE_KINDS and overlay is None,
+            read_only=found.kind in IMAGE_KINDS and overlay is None,
             private_users=uid_base if userns else None,
         )
         return run_container(container)

@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from realms import locks
+from realms.store import locks
 from tests.helpers import Realms, run
 from tests.security.test_store_access import open_directory, pool_backed_store
 

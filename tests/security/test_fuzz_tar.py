@@ -1,4 +1,4 @@
-"""Fuzzing the tar reader (:func:`realms.appimg.tarball.rewrite`), in process: whatever the bytes
+"""Fuzzing the tar reader (:func:`realms.appimg.tarcheck.rewrite`), in process: whatever the bytes
 (a small valid archive with mutated headers, truncated or with bytes appended, or random bytes),
 the result is a rewritten archive or :class:`~realms.errors.InvalidInput`, never another
 exception; and a rewritten archive holds no entry that leaves the tree, no device node, no hard
@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from realms.appimg.tarball import Summary, rewrite
+from realms.appimg.tarcheck import Summary, rewrite
 from realms.errors import InvalidInput
 
 BLOCK = 512

@@ -4,8 +4,9 @@ importing an image file, exporting a version.
 Sealing takes the appimg's update lock (one change of an appimg's content at a time) and works
 in a directory of its own beside the versions; its version number is reserved in the record at
 the start, because the number is written into the signed metainfo. The appimg's lock is taken
-only for a moment, to commit; before it does, the new image's signature is checked against the
-store's trust as it is then, so that the store never commits an image it would refuse.
+only for a moment, to commit (:mod:`realms.appimg.commit`); before it does, the new image's
+signature is checked against the store's trust as it is then, so that the store never commits
+an image it would refuse.
 
 Importing checks the file's header and signature (against the trusted and unrevoked keys of its
 channel) before it reads anything else, then every data and hash block of the copy in the store
@@ -19,27 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from realms import log
-from realms.appimg.layout import (
-    LOCK_WAIT,
-    appimg_dir,
-    clean_versions,
-    load_record,
-    no_update_running,
-    version_path,
-)
-from realms.appimg.ops import add_version
-from realms.appimg.record import RECORD_NAME, AppimgRecord, Change, Version
+from realms.appimg.commit import NewVersion, commit, reserve
+from realms.appimg.record import AppimgRecord, Version, load_record
 from realms.appimg.tarball import write_tarball
 from realms.errors import InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
 from realms.image import filesystem, keys, realmfs
 from realms.image.realmfs import Check
+from realms.kinds import ImageKind, VersionOrigin
 from realms.names import check_appimg_name
-from realms.store import WORKING_PREFIX, Store, write_toml
+from realms.store import WORKING_PREFIX, Store
 from realms.system import btrfs
-from realms.system.fs import fsync_dir, rename_noreplace, token
+from realms.system.fs import rename_noreplace, token
 from realms.system.run import run
-from realms.units import now
 
 DEFAULT_CHANNEL = "realmfs-user"
 
@@ -51,27 +44,6 @@ def _pick(record: AppimgRecord, number: int | None) -> Version:
     if found is None:
         raise NotFound(f"appimg {record.name!r} has no version {number}")
     return found
-
-
-def reserve_number(store: Store, name: str) -> tuple[AppimgRecord, int]:
-    """Take the next version number for a version that will take a while to make."""
-    with store.appimg_lock(name, wait=LOCK_WAIT):
-        record = load_record(store, name)
-        clean_versions(store, name, record, update_lock_held=True)
-        number = record.next_number()
-        record.highest = number
-        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
-    return record, number
-
-
-def commit_image(store: Store, name: str, made: Path, version: Version, change: Change) -> None:
-    """Rename the finished image file ``made`` into place as ``version`` and record it."""
-    with store.appimg_lock(name, wait=LOCK_WAIT):
-        record = load_record(store, name)
-        rename_noreplace(made, version_path(store, name, version))
-        fsync_dir(appimg_dir(store, name))
-        record.add(version, change)
-        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
 
 
 def seal(
@@ -90,24 +62,25 @@ def seal(
     keyring = keys.Keyring(store)
     seed = keyring.signing_seed(channel) if verity else None
     check_appimg_name(name)
-    with no_update_running(store, name):
+    store.sweep()
+    with store.update_lock(name):
         base = load_record(store, name).current_version
-        if base.kind != "tree":
+        if base.kind != ImageKind.TREE:
             raise RealmsError(
                 f"version {base.version} of appimg {name!r} is {base.kind} already: "
                 "only a tree version can be sealed",
                 hint="'realms appimg rollback' to a tree version first",
             )
-        record, number = reserve_number(store, name)
-        base = record.current_version
-        work = appimg_dir(store, name) / f"{WORKING_PREFIX}seal-{token()}"
+        number = reserve(store, name)
+        base = load_record(store, name).current_version
+        work = store.appimg_dir(name) / f"{WORKING_PREFIX}seal-{token()}"
         work.mkdir()
         try:
             # A snapshot of the tree, so that nothing (a prune) can take it away meanwhile.
             tree = work / "tree"
-            store.backend.clone(version_path(store, name, base), tree)
+            store.backend.clone(store.version_path(name, base), tree)
             image = work / "image.img"
-            made = realmfs.seal_tree(
+            realmfs.seal_tree(
                 tree,
                 image,
                 scratch=work,
@@ -126,13 +99,11 @@ def seal(
                 realmfs.check_trust(image, keys.Keyring(store)),
                 f"the new {'sealed' if verity else 'block'} image of appimg {name!r}",
             )
-            kind = "sealed" if verity else "block"
+            kind = ImageKind.SEALED if verity else ImageKind.BLOCK
             signer = f", channel {channel}, key {keys.public_of(seed)[:16]}" if seed else ""
             detail = f"{kind} from version {base.version} ({fs}{signer})"
-            version = Version(number, kind, now(), "seal", detail, size=made.size)
-            version.parent = base.version
-            commit_image(store, name, image, version, Change(now(), "seal", number, detail))
-            return version
+            new = NewVersion(kind, VersionOrigin.SEAL, detail, number, base.version)
+            return commit(store, name, lambda path: rename_noreplace(image, path), new)
         finally:
             if work.exists():
                 store.backend.remove(work)
@@ -142,7 +113,7 @@ def seal(
 class Verification:
     appimg: str
     version: int
-    kind: str
+    kind: ImageKind
     checks: list[Check]
 
     @property
@@ -162,11 +133,11 @@ class Verification:
 def verify(store: Store, name: str, number: int | None = None) -> Verification:
     """Check a version: an image file entirely (header, signature, every block); a tree, that
     it is the read-only tree the record names."""
-    with store.appimg_lock(name, shared=True, wait=LOCK_WAIT):
+    with store.appimg_lock(name, shared=True):
         record = load_record(store, name)
         version = _pick(record, number)
-        path = version_path(store, name, version)
-        if version.kind == "tree":
+        path = store.version_path(name, version)
+        if version.kind == ImageKind.TREE:
             checks = [_check_tree(store, path)]
         else:
             with log.step(f"Verifying {name} version {version.version}"):
@@ -188,7 +159,7 @@ def _check_matches_record(path: Path, version: Version) -> list[Check]:
         header, _ = realmfs.read_header(path)
     except InvalidInput:
         return []
-    kind = "sealed" if header.metainfo.sealed else "block"
+    kind = ImageKind.SEALED if header.metainfo.sealed else ImageKind.BLOCK
     if kind != version.kind:
         return [Check("record", False, f"the record says {version.kind}, the image is {kind}")]
     return []
@@ -207,7 +178,7 @@ def import_image(store: Store, name: str, source: Path, *, new_version: bool = F
     first = realmfs.check_trust(source, keyring)
     realmfs.require(first, str(source))
     header, _ = realmfs.read_header(source)
-    kind = "sealed" if header.metainfo.sealed else "block"
+    kind = ImageKind.SEALED if header.metainfo.sealed else ImageKind.BLOCK
 
     def signer(checks: list[Check]) -> str:
         return next((c.detail for c in checks if c.name == "signature"), "")
@@ -219,27 +190,20 @@ def import_image(store: Store, name: str, source: Path, *, new_version: bool = F
             checks = realmfs.verify_image(target, keyring)
         realmfs.require(checks, str(source))
         copied, _ = realmfs.read_header(target)
-        if signer(checks) != signer(first) or copied.metainfo.sealed != (kind == "sealed"):
+        if signer(checks) != signer(first) or copied.metainfo.sealed != (kind == ImageKind.SEALED):
             raise InvalidInput(f"{source}: the file changed while it was imported")
 
-    return add_version(
-        store,
-        name,
-        copy_to,
-        origin="import",
-        detail=f"{source.resolve()} ({signer(first)})",
-        mode="add" if new_version else "create",
-        kind=kind,
-    )
+    new = NewVersion(kind, VersionOrigin.IMPORT, f"{source.resolve()} ({signer(first)})")
+    return commit(store, name, copy_to, new, mode="add" if new_version else "create")
 
 
 def export(store: Store, name: str, target: Path, number: int | None = None) -> Version:
     """Write a version as a standalone file: an image version as its image file (reflinked
     where possible), a tree version as a tarball (.tar, .tar.gz, .tar.xz, .tar.zst)."""
-    with store.appimg_lock(name, shared=True, wait=LOCK_WAIT):
+    with store.appimg_lock(name, shared=True):
         version = _pick(load_record(store, name), number)
-        source = version_path(store, name, version)
-        if version.kind == "tree":
+        source = store.version_path(name, version)
+        if version.kind == ImageKind.TREE:
             write_tarball(source, target)
             return version
         partial = target.with_name(f".{target.name}.{token()}.part")

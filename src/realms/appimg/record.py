@@ -14,28 +14,35 @@ so that a rollback is itself a recorded change.
 ``kept`` describes an update whose commit was refused because another version became current
 while it ran (see :mod:`realms.appimg.update`): its working tree stays as ``kept-update`` beside
 the versions until it is committed anyway or discarded.
+
+A record is changed in one way only: :func:`changing` loads it under the appimg's lock, yields
+it, and writes it atomically when the block succeeds (nothing is written when it fails).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from realms.config import read_toml
-from realms.errors import InvalidInput
+from realms.errors import InvalidInput, NotFound
+from realms.kinds import ImageKind, VersionOrigin
+from realms.names import check_appimg_name
+from realms.store import Store, write_toml
+from realms.store.layout import Layout, version_name
 
-RECORD_NAME = "appimg.toml"
-KINDS = ("tree", "block", "sealed")
 HISTORY_KEPT = 200
 
 
 @dataclass
 class Version:
     version: int
-    kind: str
+    kind: ImageKind
     created: str
-    origin: str
+    origin: VersionOrigin
     detail: str = ""
     pinned: bool = False
     size: int | None = None
@@ -48,7 +55,7 @@ class Version:
     def tree_name(self) -> str:
         """The name of the version in the appimg's directory: ``vN`` for a tree, ``vN.img`` for
         a block or sealed image file."""
-        return f"v{self.version}" if self.kind == "tree" else f"v{self.version}.img"
+        return version_name(self.version, self.kind)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,7 +67,7 @@ class KeptUpdate:
 
     base: int
     """The version the update started from."""
-    kind: str
+    kind: ImageKind
     """The kind of that version: a kept update of a block or sealed version is sealed again
     when it is committed."""
     created: str
@@ -130,13 +137,13 @@ class AppimgRecord:
         return data
 
 
-def load(directory: Path) -> AppimgRecord:
-    path = directory / RECORD_NAME
+def _parse(layout: Layout, name: str) -> AppimgRecord:
+    path = layout.record_path(name)
     data = read_toml(path)
     try:
-        versions = [Version(**entry) for entry in data["versions"]]
+        versions = [_version(entry) for entry in data["versions"]]
         history = [Change(**entry) for entry in data.get("history", [])]
-        kept = KeptUpdate(**data["kept"]) if "kept" in data else None
+        kept = _kept(data["kept"]) if "kept" in data else None
         record = AppimgRecord(
             str(data["name"]),
             int(data["current"]),
@@ -147,6 +154,54 @@ def load(directory: Path) -> AppimgRecord:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidInput(f"{path}: damaged appimg record ({error})") from None
-    if record.version(record.current) is None or any(v.kind not in KINDS for v in versions):
-        raise InvalidInput(f"{path}: damaged appimg record (current version or kind)")
+    if record.version(record.current) is None:
+        raise InvalidInput(f"{path}: damaged appimg record (current version)")
     return record
+
+
+def _version(entry: dict[str, Any]) -> Version:
+    # ValueError (a damaged record) for a kind or origin this realms does not know.
+    return Version(
+        **{**entry, "kind": ImageKind(entry["kind"]), "origin": VersionOrigin(entry["origin"])}
+    )
+
+
+def _kept(entry: dict[str, Any]) -> KeptUpdate:
+    return KeptUpdate(**{**entry, "kind": ImageKind(entry["kind"])})
+
+
+def exists(layout: Layout, name: str) -> bool:
+    return layout.record_path(name).exists()
+
+
+def load_record(layout: Layout, name: str) -> AppimgRecord:
+    """The record of an existing appimg, or NotFound with a hint."""
+    check_appimg_name(name)
+    if not exists(layout, name):
+        raise NotFound(
+            f"no appimg named {name!r}",
+            hint="'realms appimg list' shows the appimgs; 'realms appimg import' adds one",
+        )
+    return _parse(layout, name)
+
+
+def save(layout: Layout, name: str, record: AppimgRecord) -> None:
+    """Write the record atomically; the caller holds the appimg's lock (see :func:`changing`)."""
+    write_record(layout.record_path(name), record)
+
+
+def write_record(path: Path, record: AppimgRecord) -> None:
+    write_toml(path, record.to_toml())
+
+
+@contextmanager
+def changing(store: Store, name: str, *, locked: bool = False) -> Iterator[AppimgRecord]:
+    """Load the record under the appimg's lock (``locked``: the caller holds it already), yield
+    it, and save it atomically when the block succeeds."""
+    if not locked:
+        with store.appimg_lock(name), changing(store, name, locked=True) as record:
+            yield record
+        return
+    record = load_record(store, name)
+    yield record
+    save(store, name, record)

@@ -36,27 +36,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from realms import log
-from realms.activation import IMAGE_KINDS
-from realms.appimg.images import reserve_number
-from realms.appimg.layout import (
-    LOCK_WAIT,
-    appimg_dir,
-    clean_versions,
-    kept_path,
-    load_record,
-    no_update_running,
-    version_path,
-)
-from realms.appimg.record import RECORD_NAME, AppimgRecord, Change, KeptUpdate, Version
+from realms.appimg.commit import NewVersion, commit, reserve
+from realms.appimg.record import AppimgRecord, KeptUpdate, Version, changing, load_record
 from realms.container import Container, check_os_tree
 from realms.container import run as run_container
 from realms.errors import Conflict, NotFound, RealmsError
 from realms.faults import checkpoint
 from realms.image import filesystem, keys, realmfs
-from realms.image.header import HEADER_SIZE
+from realms.image.header import HEADER_SIZE, data_size
+from realms.kinds import ImageKind, VersionOrigin
 from realms.names import check_appimg_name
 from realms.storage import Changes
-from realms.store import WORKING_PREFIX, Store, write_toml
+from realms.store import WORKING_PREFIX, Store
 from realms.system import mounts
 from realms.system.fs import (
     fsync_dir,
@@ -100,7 +91,8 @@ def update_appimg(
     version became current meanwhile: then the working copy is kept and Conflict raised.
     ``commit_kept`` commits such a kept update anyway, ``discard_kept`` deletes it."""
     name = check_appimg_name(name or store.config.default_appimg)
-    with no_update_running(store, name):
+    store.sweep()
+    with store.update_lock(name):
         if commit_kept:
             return _commit_kept(store, name)
         if discard_kept:
@@ -111,11 +103,11 @@ def update_appimg(
             raise Conflict(
                 f"appimg {name!r} has an update of version {kept.base} that was not committed "
                 f"because {kept.reason} while it ran ({kept.detail}, {kept.created}); it is kept "
-                f"in {kept_path(store, name)}",
+                f"in {store.kept_path(name)}",
                 hint=_kept_hint(name),
             )
         base = record.current_version
-        if base.kind in IMAGE_KINDS:
+        if base.kind.is_image:
             return _update_image(store, name, base, command, discard=discard)
         working, base, marker = _start(store, name)
         try:
@@ -133,16 +125,14 @@ def update_appimg(
 
 def _start(store: Store, name: str) -> tuple[Path, Version, int | None]:
     """Snapshot the current version as a working copy; return it, the version and a marker."""
-    with store.appimg_lock(name, wait=LOCK_WAIT):
-        record = load_record(store, name)
-        clean_versions(store, name, record, update_lock_held=True)
-        base = record.current_version
-        if base.kind != "tree":
+    with store.appimg_lock(name):
+        base = load_record(store, name).current_version
+        if base.kind != ImageKind.TREE:
             raise RealmsError(f"version {base.version} changed kind meanwhile; try again")
-        working = appimg_dir(store, name) / f"{WORKING_PREFIX}{token()}"
+        working = store.appimg_dir(name) / f"{WORKING_PREFIX}{token()}"
         if not store.backend.zero_cost:
             log.note(f"copy backend: copying appimg {name!r} for the update (not a snapshot)")
-        store.backend.clone(version_path(store, name, base), working)
+        store.backend.clone(store.version_path(name, base), working)
     return working, base, store.backend.change_marker(working)
 
 
@@ -211,12 +201,12 @@ def _keep(
     channel: str | None = None,
 ) -> Conflict:
     """Keep the session's ``tree`` as the appimg's kept update and return the error that says
-    so. The caller holds the appimg's lock."""
+    so. The caller holds the appimg's lock and writes the record."""
     # Renamed before it is frozen: btrfs does not move a read-only subvolume to another
     # directory (the working tree of an image update is one level down).
-    rename_noreplace(tree, kept_path(store, name))
-    store.backend.freeze(kept_path(store, name))
-    fsync_dir(appimg_dir(store, name))
+    rename_noreplace(tree, store.kept_path(name))
+    store.backend.freeze(store.kept_path(name))
+    fsync_dir(store.appimg_dir(name))
     # Killed here, the kept tree is one the record does not name: a leftover, deleted later.
     checkpoint("appimg-update:kept")
     record.kept = KeptUpdate(
@@ -230,10 +220,9 @@ def _keep(
         fs,
         channel,
     )
-    write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
     return Conflict(
         f"not committed: {reason} while this update of version {base.version} ran; the "
-        f"update is kept in {kept_path(store, name)}",
+        f"update is kept in {store.kept_path(name)}",
         hint=_kept_hint(name),
     )
 
@@ -245,24 +234,29 @@ def _commit(
     # finding what changed costs what the session wrote, not what the image holds.
     syncfs(working)
     changes = store.backend.changes_since(working, marker) if marker is not None else None
-    with store.appimg_lock(name, wait=LOCK_WAIT):
-        record = load_record(store, name)
+
+    def keep_if_moved_on(record: AppimgRecord) -> Conflict | None:
         reason = _moved_on(record, base)
-        if reason is not None:
-            raise _keep(
-                store, name, record, working, base, reason=reason, detail=detail, changes=changes
-            )
-        version = Version(record.next_number(), "tree", now(), "update", detail)
-        version.parent = base.version
-        if changes is not None:
-            version.written, version.files_changed = changes.written, changes.files
+        if reason is None:
+            return None
+        return _keep(
+            store, name, record, working, base, reason=reason, detail=detail, changes=changes
+        )
+
+    def place(path: Path) -> None:
+        # Frozen before the rename (in the same directory), as a kept tree is.
         store.backend.freeze(working)
-        rename_noreplace(working, version_path(store, name, version))
-        fsync_dir(appimg_dir(store, name))
-        checkpoint("appimg-update:renamed")
-        record.add(version, Change(now(), "update", version.version, detail))
-        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
-    return version
+        rename_noreplace(working, path)
+
+    new = NewVersion(
+        ImageKind.TREE,
+        VersionOrigin.UPDATE,
+        detail,
+        parent=base.version,
+        changes=changes,
+        measure=False,
+    )
+    return commit(store, name, place, new, mode="add", check=keep_if_moved_on)
 
 
 def _update_image(
@@ -272,43 +266,45 @@ def _update_image(
     tree, the session runs on it, and a commit makes a new image of the same filesystem from
     it: resealed with a new salt and signed with the channel's key when the image is sealed.
     The key is checked before the session starts."""
-    image = version_path(store, name, base)
+    image = store.version_path(name, base)
     header, _ = realmfs.read_header(image)
-    channel = header.metainfo.channel if base.kind == "sealed" else None
+    channel = header.metainfo.channel if base.kind == ImageKind.SEALED else None
     fs = filesystem.detect(image, HEADER_SIZE) or "ext4"
     spec = _ImageSpec(base.kind, fs, channel, _signing_seed(store, name, channel))
-    # Before the work directory exists: reserving cleans the appimg's directory.
-    _, number = reserve_number(store, name)
-    work = appimg_dir(store, name) / f"{WORKING_PREFIX}{token()}"
+    number = reserve(store, name)
+    work = store.appimg_dir(name) / f"{WORKING_PREFIX}{token()}"
     work.mkdir()
     try:
         tree = work / "tree"
         store.backend.create_tree(tree)
         with log.step(f"Copying the files of version {base.version} into a working tree"):
-            _unpack(image, header.metainfo.nblocks or 0, fs, tree, work / "lower")
+            _unpack(image, data_size(header.metainfo.nblocks or 0), fs, tree, work / "lower")
         status = _run(store, name, tree, command)
         if status != 0 or discard:
             return UpdateResult(name, base.version, status, None, discard)
         detail = shlex.join(command) if command else "interactive shell"
 
-        def keep_if_moved_on(record: AppimgRecord) -> None:
+        def keep_if_moved_on(record: AppimgRecord) -> Conflict | None:
             reason = _moved_on(record, base)
-            if reason is not None:
-                raise _keep(
-                    store,
-                    name,
-                    record,
-                    tree,
-                    base,
-                    reason=reason,
-                    detail=detail,
-                    fs=spec.fs,
-                    channel=spec.channel,
-                )
+            if reason is None:
+                return None
+            return _keep(
+                store,
+                name,
+                record,
+                tree,
+                base,
+                reason=reason,
+                detail=detail,
+                fs=spec.fs,
+                channel=spec.channel,
+            )
 
         # Checked before the seal (which takes a while) and again at the commit.
-        with store.appimg_lock(name, wait=LOCK_WAIT):
-            keep_if_moved_on(load_record(store, name))
+        with changing(store, name) as record:
+            conflict = keep_if_moved_on(record)
+        if conflict is not None:
+            raise conflict
         version = _seal_and_commit(
             store,
             name,
@@ -346,7 +342,7 @@ class _ImageSpec:
     """What an update of a block or sealed version makes again: the kind, the filesystem, and
     for a sealed version its channel and that channel's signing key."""
 
-    kind: str
+    kind: ImageKind
     fs: str
     channel: str | None
     seed: bytes | None
@@ -361,12 +357,12 @@ def _seal_and_commit(
     *,
     number: int,
     detail: str,
-    check: Callable[[AppimgRecord], None],
+    check: Callable[[AppimgRecord], Conflict | None],
     parent: int,
 ) -> Version:
-    """Make an image of ``kind`` from ``tree`` in ``work`` and commit it as the next version,
-    after ``check`` (called with the record, under the appimg's lock) lets it."""
-    made = realmfs.seal_tree(
+    """Make an image of ``kind`` from ``tree`` in ``work`` and commit it as version
+    ``number``, if ``check`` (called with the record, under the appimg's lock) lets it."""
+    realmfs.seal_tree(
         tree,
         work / "image.img",
         scratch=work,
@@ -377,15 +373,10 @@ def _seal_and_commit(
         seed=spec.seed,
         verity=spec.seed is not None,
     )
-    version = Version(number, spec.kind, now(), "update", detail, size=made.size, parent=parent)
-    with store.appimg_lock(name, wait=LOCK_WAIT):
-        record = load_record(store, name)
-        check(record)
-        rename_noreplace(work / "image.img", version_path(store, name, version))
-        fsync_dir(appimg_dir(store, name))
-        record.add(version, Change(now(), "update", number, detail))
-        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
-    return version
+    new = NewVersion(spec.kind, VersionOrigin.UPDATE, detail, number, parent)
+    return commit(
+        store, name, lambda path: rename_noreplace(work / "image.img", path), new, check=check
+    )
 
 
 # Kept updates
@@ -401,22 +392,22 @@ def _kept(store: Store, name: str) -> KeptUpdate:
 def _commit_kept(store: Store, name: str) -> UpdateResult:
     """Commit the kept update as the next version, over whatever version is current."""
     kept = _kept(store, name)
-    if kept.kind in IMAGE_KINDS:
+
+    def clear(record: AppimgRecord) -> None:
+        record.kept = None  # written with the new version, in one rename
+
+    if kept.kind.is_image:
         spec = _ImageSpec(
             kept.kind, kept.fs or "ext4", kept.channel, _signing_seed(store, name, kept.channel)
         )
-        _, number = reserve_number(store, name)
-        work = appimg_dir(store, name) / f"{WORKING_PREFIX}{token()}"
+        number = reserve(store, name)
+        work = store.appimg_dir(name) / f"{WORKING_PREFIX}{token()}"
         work.mkdir()
         try:
-
-            def clear(record: AppimgRecord) -> None:
-                record.kept = None  # written with the new version, in one rename
-
             version = _seal_and_commit(
                 store,
                 name,
-                kept_path(store, name),
+                store.kept_path(name),
                 work,
                 spec,
                 number=number,
@@ -427,50 +418,52 @@ def _commit_kept(store: Store, name: str) -> UpdateResult:
         finally:
             store.remove(work)
     else:
-        with store.appimg_lock(name, wait=LOCK_WAIT):
-            record = load_record(store, name)
-            kept = _kept(store, name)
-            version = Version(record.next_number(), "tree", now(), "update", kept.detail)
-            version.parent, version.written = kept.base, kept.written
-            version.files_changed = kept.files_changed
+
+        def place(path: Path) -> None:
             # A snapshot, not a rename: killed at any moment, either the record still names
             # the kept tree, or it names the new version (and the kept tree is a leftover).
-            with store.staging(
-                version_path(store, name, version), f"{name} v{version.version}"
-            ) as tree:
-                store.backend.clone(kept_path(store, name), tree)
-                store.backend.freeze(tree)
-            record.kept = None
-            record.add(version, Change(now(), "update", version.version, kept.detail))
-            write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
+            store.backend.clone(store.kept_path(name), path)
+
+        changes = (
+            Changes(kept.written, kept.files_changed or 0) if kept.written is not None else None
+        )
+        new = NewVersion(
+            ImageKind.TREE,
+            VersionOrigin.UPDATE,
+            kept.detail,
+            parent=kept.base,
+            changes=changes,
+            measure=False,
+        )
+        version = commit(store, name, place, new, mode="add", check=clear)
     _discard_kept_tree(store, name)
     return UpdateResult(name, kept.base, 0, version, False, kept)
 
 
 def _discard_kept(store: Store, name: str) -> UpdateResult:
-    with store.appimg_lock(name, wait=LOCK_WAIT):
-        record = load_record(store, name)
-        kept = _kept(store, name)
+    with changing(store, name) as record:
+        kept = record.kept
+        if kept is None:
+            raise NotFound(f"appimg {name!r} has no kept update")
         record.kept = None
-        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
     _discard_kept_tree(store, name)
     return UpdateResult(name, record.current, 0, None, True, kept)
 
 
 def _discard_kept_tree(store: Store, name: str) -> None:
     """Delete the kept tree, which the record no longer names."""
-    with store.appimg_lock(name, wait=LOCK_WAIT):
-        if kept_path(store, name).exists():
+    with store.appimg_lock(name):
+        if store.kept_path(name).exists():
             with log.step("Removing the kept update"):
-                store.discard(kept_path(store, name))
+                store.discard(store.kept_path(name))
 
 
-def _unpack(image: Path, nblocks: int, fs: str, tree: Path, lower: Path) -> None:
+def _unpack(image: Path, size: int, fs: str, tree: Path, lower: Path) -> None:
     """Copy every file of the image into ``tree``, keeping owners, modes, xattrs and links.
     The image is mounted in a mount namespace of the copy's own, so nothing stays mounted."""
     lower.mkdir()
     script = 'mount -t "$1" -o ro "$2" "$3" && cp -a "$3/." "$4/"'
-    with attached(image, offset=HEADER_SIZE, size=nblocks * 4096) as device:
+    with attached(image, offset=HEADER_SIZE, size=size) as device:
         run(mounts.in_own_mount_namespace(script, fs, device, lower, tree))
     found = tree / "lost+found"
     if found.is_dir() and not any(found.iterdir()):

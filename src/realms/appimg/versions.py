@@ -3,7 +3,8 @@
 Rollback moves the current version to an earlier one and records that in the appimg's history;
 no tree is copied or deleted, and realms are not touched (realms made from a later version show
 as outdated). Prune deletes old versions beyond a count, never the current one and never a pinned
-one. Every change is made under the appimg's lock and written atomically.
+one. Every change is made under the appimg's lock and written atomically
+(:func:`realms.appimg.record.changing`).
 """
 
 from __future__ import annotations
@@ -11,16 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from realms import activation
-from realms.appimg.layout import (
-    LOCK_WAIT,
-    appimg_dir,
-    clean_versions,
-    load_record,
-    version_path,
-)
-from realms.appimg.record import RECORD_NAME, AppimgRecord, Change, Version
+from realms.appimg.commit import reconcile
+from realms.appimg.record import AppimgRecord, Change, Version, changing, load_record
 from realms.errors import InvalidInput, NotFound, RealmsError
-from realms.store import Store, write_toml
+from realms.store import Store
 from realms.units import now
 
 
@@ -39,8 +34,8 @@ def _require_version(record: AppimgRecord, number: int) -> Version:
 def rollback(store: Store, name: str, number: int | None = None) -> tuple[int, int]:
     """Make version ``number`` (default: the newest one older than the current) current;
     return (previous current, new current)."""
-    with store.appimg_lock(name, wait=LOCK_WAIT):
-        record = load_record(store, name)
+    store.sweep()
+    with changing(store, name) as record:
         if number is None:
             older = [v.version for v in record.versions if v.version < record.current]
             if not older:
@@ -55,16 +50,14 @@ def rollback(store: Store, name: str, number: int | None = None) -> tuple[int, i
         previous = record.current
         record.current = target.version
         record.record(Change(now(), "rollback", target.version, f"from version {previous}"))
-        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
     return previous, target.version
 
 
 def set_pinned(store: Store, name: str, number: int, pinned: bool) -> Version:
-    with store.appimg_lock(name, wait=LOCK_WAIT):
-        record = load_record(store, name)
+    store.sweep()
+    with changing(store, name) as record:
         version = _require_version(record, number)
         version.pinned = pinned
-        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
     return version
 
 
@@ -82,28 +75,29 @@ def prune(store: Store, name: str, keep: int | None = None) -> Pruned:
     keep = store.config.keep_versions if keep is None else keep
     if keep < 1:
         raise InvalidInput("--keep must be at least 1")
-    with store.appimg_lock(name, wait=LOCK_WAIT):
-        record = load_record(store, name)
-        clean_versions(store, name, record)
-        newest = sorted((v.version for v in record.versions), reverse=True)[:keep]
-        # Realms on an image version run on it: it stays while they exist.
-        in_use = activation.image_users(store, name)
-        doomed = [
-            v
-            for v in record.versions
-            if v.version not in newest
-            and v.version != record.current
-            and not v.pinned
-            and v.version not in in_use
-        ]
-        # The record stops naming a version before its tree goes, so a kill in between leaves
-        # only a tree that clean_versions deletes later, never a record naming a missing tree.
-        record.versions = [v for v in record.versions if v not in doomed]
-        write_toml(appimg_dir(store, name) / RECORD_NAME, record.to_toml())
-        with activation.lock(store, name):
+    store.sweep()
+    with store.appimg_lock(name):
+        # The record stops naming a version before its tree goes (it is written when this
+        # block ends), so a kill in between leaves only a tree that the next commit deletes
+        # (realms.appimg.commit.reconcile), never a record naming a missing tree.
+        with changing(store, name, locked=True) as record:
+            reconcile(store, name, record)
+            newest = sorted((v.version for v in record.versions), reverse=True)[:keep]
+            # Realms on an image version run on it: it stays while they exist.
+            in_use = activation.image_users(store, name)
+            doomed = [
+                v
+                for v in record.versions
+                if v.version not in newest
+                and v.version != record.current
+                and not v.pinned
+                and v.version not in in_use
+            ]
+            record.versions = [v for v in record.versions if v not in doomed]
+        with store.activation_lock(name):
             activation.release_unused(store, name)
         for version in doomed:
-            store.discard(version_path(store, name, version))
+            store.discard(store.version_path(name, version))
     spared = {v.version for v in record.versions if v.pinned} | {record.current, *newest}
     kept_in_use = {number: realms for number, realms in in_use.items() if number not in spared}
     return Pruned([v.version for v in doomed], [v.version for v in record.versions], kept_in_use)

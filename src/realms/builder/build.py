@@ -18,26 +18,23 @@ killed), and nothing reaches ``appimg list``.
 
 from __future__ import annotations
 
-import functools
 import os
 import shlex
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from realms import locks, log
-from realms.appimg.layout import exists as appimg_exists
-from realms.appimg.layout import load_record
-from realms.appimg.ops import add_version
-from realms.appimg.record import Version
+from realms import log
+from realms.appimg.commit import NewVersion, commit
+from realms.appimg.record import Version, exists, load_record
 from realms.appimg.tarball import create_options, write_tarball
 from realms.builder import cache, modules, packages
 from realms.builder.bootstrap import bootstrapper_named
 from realms.builder.config import BuildConfig, Module, inputs_digest, load, with_name
 from realms.builder.job import BuildJob, prune_logs
 from realms.faults import checkpoint
+from realms.kinds import ImageKind, VersionOrigin
 from realms.store import NEW_PREFIX, Store
 from realms.system.fs import rename_noreplace, token, unlink_in_root
 
@@ -55,24 +52,8 @@ class BuildResult:
 
 
 def _build_dir(store: Store) -> Path:
-    path = store.root / "build"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-def _build_lock(store: Store, name: str, wait: float | None = 0) -> AbstractContextManager[None]:
-    return locks.hold(
-        store.locks_dir / f"build.{name}.lock",
-        what=f"build of appimg {name}",
-        wait=wait,
-        busy=f"appimg {name!r} is being built",
-        hint="wait for that build to finish (one build at a time per appimg)",
-    )
-
-
-def _sweep(store: Store, name: str) -> None:
-    """Delete build trees of killed builds (their build lock is free; ours is held)."""
-    store.sweep(_build_dir(store), functools.partial(_build_lock, store), held=name)
+    store.build_dir.mkdir(exist_ok=True)
+    return store.build_dir
 
 
 def build(
@@ -100,10 +81,10 @@ def build(
             config.name, outcome, version, output, log_path, key, time.monotonic() - started
         )
 
-    with _build_lock(store, config.name):
-        _sweep(store, config.name)
+    store.sweep()
+    with store.build_lock(config.name):
         if not rebuild:
-            if output is None and appimg_exists(store, config.name):
+            if output is None and exists(store, config.name):
                 current = load_record(store, config.name).current_version
                 if current.build_key == key:
                     return result("up to date", current, None)
@@ -113,13 +94,11 @@ def build(
                 if output is not None:
                     write_tarball(cached, output)
                     return result("cached", None, None)
-                version = add_version(
-                    store,
-                    config.name,
-                    lambda tree: store.backend.clone(cached, tree),
-                    origin="build",
-                    detail=f"{detail} (cached)",
-                    build_key=key,
+                new = NewVersion(
+                    ImageKind.TREE, VersionOrigin.BUILD, f"{detail} (cached)", build_key=key
+                )
+                version = commit(
+                    store, config.name, lambda tree: cache.clone(store, key, tree), new
                 )
                 return result("cached", version, None)
         return _build_new(store, config, key=key, detail=detail, output=output, result=result)
@@ -135,7 +114,7 @@ def _build_new(
     result: Callable[[str, Version | None, Path | None], BuildResult],
 ) -> BuildResult:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    logs = store.root / "logs"
+    logs = store.logs_dir
     # One directory per build, holding the new root filesystem and the scripts run in it.
     work = _build_dir(store) / f"{NEW_PREFIX}{config.name}.{token()}"
     tree = work / "root"
@@ -143,7 +122,7 @@ def _build_new(
     job = BuildJob(
         config=config,
         tree=tree,
-        log_path=logs / f"build-{config.name}-{stamp}.log",
+        log_path=store.build_log_path(config.name, stamp),
         package_cache=cache.packages_dir(store, config.release),
         scratch=scratch,
     )
@@ -162,14 +141,8 @@ def _build_new(
             write_tarball(tree, output)
             return result("built", None, job.log_path)
         with log.step(f"Committing as a new version of appimg {config.name}"):
-            version = add_version(
-                store,
-                config.name,
-                lambda target: rename_noreplace(tree, target),
-                origin="build",
-                detail=detail,
-                build_key=key,
-            )
+            new = NewVersion(ImageKind.TREE, VersionOrigin.BUILD, detail, build_key=key)
+            version = commit(store, config.name, lambda target: rename_noreplace(tree, target), new)
         return result("built", version, job.log_path)
     finally:
         job.close()

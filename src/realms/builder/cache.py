@@ -7,7 +7,9 @@
   of the build's inputs (:func:`realms.builder.config.inputs_digest`). A build whose inputs
   are unchanged reuses it instead of building again; the newest few are kept.
 
-Entries are added under a temporary name and renamed into place, like everything in the store.
+Entries are added under a temporary name and renamed into place, like everything in the store,
+under the cache lock; a finished build is cloned holding that lock shared, so that another
+build's eviction cannot take it away meanwhile.
 """
 
 from __future__ import annotations
@@ -15,20 +17,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from realms.store import Store
+from realms.store import NEW_PREFIX, Store
 from realms.system.fs import fsync_dir, rename_noreplace, token
 
 RESULTS_KEPT = 3
 
 
 def packages_dir(store: Store, release: str) -> Path:
-    path = store.root / "cache" / "packages" / release
+    path = store.packages_dir(release)
     (path / "partial").mkdir(parents=True, exist_ok=True)
     return path
 
 
 def _results(store: Store) -> Path:
-    path = store.root / "cache" / "builds"
+    path = store.build_cache_dir
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -42,25 +44,33 @@ def lookup(store: Store, key: str) -> Path | None:
     return path
 
 
+def clone(store: Store, key: str, target: Path) -> None:
+    """Make ``target`` a writable clone of the cached build ``key``."""
+    with store.cache_lock(shared=True):
+        store.backend.clone(_results(store) / key, target)
+
+
 def keep(store: Store, key: str, tree: Path) -> None:
     """Keep a read-only copy (a snapshot on btrfs) of a finished build, then drop old ones."""
     results = _results(store)
-    if (results / key).exists():
-        return
-    temporary = results / f".new.{key}.{token()}"
-    store.backend.clone(tree, temporary)
-    store.backend.freeze(temporary)
-    try:
-        rename_noreplace(temporary, results / key)
-    except OSError:
-        store.backend.remove(temporary)
-        return
-    (results / f"{key}.used").touch()
-    fsync_dir(results)
-    _evict(store)
+    with store.cache_lock():
+        if (results / key).exists():
+            return
+        temporary = results / f"{NEW_PREFIX}{key}.{token()}"
+        store.backend.clone(tree, temporary)
+        store.backend.freeze(temporary)
+        try:
+            rename_noreplace(temporary, results / key)
+        except OSError:
+            store.backend.remove(temporary)
+            return
+        (results / f"{key}.used").touch()
+        fsync_dir(results)
+        _evict(store)
 
 
 def _evict(store: Store) -> None:
+    """Drop all but the newest few results; the caller holds the cache lock."""
     results = _results(store)
     entries = [entry for entry in results.iterdir() if re.fullmatch(r"[0-9a-f]{64}", entry.name)]
 
@@ -71,8 +81,6 @@ def _evict(store: Store) -> None:
     for old in sorted(entries, key=last_used, reverse=True)[RESULTS_KEPT:]:
         store.discard(old)
         (results / f"{old.name}.used").unlink(missing_ok=True)
-    for leftover in results.glob(".new.*"):
-        store.backend.remove(leftover)
 
 
 def _installed_debs(tree: Path) -> set[str]:

@@ -16,9 +16,9 @@ import re
 from pathlib import Path
 
 from realms.errors import CommandFailed, RealmsError
+from realms.image.header import BLOCK_SIZE
 from realms.system.run import run
 
-BLOCK_SIZE = 4096
 FILESYSTEMS = ("ext4", "erofs")
 _EXT4_MAGIC_OFFSET = 1024 + 56
 _EROFS_MAGIC_OFFSET = 1024

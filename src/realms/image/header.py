@@ -30,6 +30,8 @@ import tomli_w
 from realms.errors import InvalidInput
 
 HEADER_SIZE = 4096
+BLOCK_SIZE = 4096
+"""The block of an image's data (its filesystem) and of its dm-verity hash tree."""
 MAGIC = b"SGOS"
 SIGNATURE_SIZE = 64
 #: Bytes before the metainfo: magic, status, flags, length.
@@ -42,6 +44,13 @@ FLAG_HASH_TREE = 0x02
 FLAG_COMPRESSED = 0x04
 
 UNSIGNED = bytes(SIGNATURE_SIZE)
+
+
+def data_size(nblocks: int) -> int:
+    """The bytes of an image's data (its filesystem) of ``nblocks`` blocks, which follow the
+    header; the hash area, if any, follows them."""
+    return nblocks * BLOCK_SIZE
+
 
 # The order in which render_metainfo writes the keys (Citadel's order).
 METAINFO_KEYS = (

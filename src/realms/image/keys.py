@@ -12,8 +12,9 @@ Citadel had one key per channel and no revocation. Here, in the store's ``keys/`
 Changes keep the store's one promise about keys: it never signs what it would then refuse.
 ``generate`` trusts the new public key before it installs the private key (killed in between,
 the old key still signs and is still trusted); the private key's temporary file is 0600 from
-its creation, and a killed command's temporary files are removed by the next key command.
-Revoking a key releases the activations of the images it signed (see :mod:`realms.activation`).
+its creation, and a killed command's temporary files are removed by the next key command (the
+store's sweep, :mod:`realms.store.txn`). Revoking a key makes every image it signed fail
+verification; :func:`realms.activation.release_untrusted` then releases their activations.
 
 Signatures are over the metainfo bytes exactly as stored in the image header (see
 :mod:`realms.image.header`). ``cryptography`` is imported only by the functions that sign or
@@ -22,7 +23,6 @@ verify, so that commands which do not are not slowed down by it.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -31,9 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from realms import locks
 from realms.config import read_toml
-from realms.errors import AlreadyExists, Busy, InvalidInput, NotFound
+from realms.errors import AlreadyExists, InvalidInput, NotFound
 from realms.faults import checkpoint
 from realms.store import Store, write_toml
 from realms.system.fs import atomic_write
@@ -41,8 +40,6 @@ from realms.units import now
 
 _CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
-#: How atomic_write names its temporary files (see realms.system.fs).
-TEMPORARY_PREFIX = ".tmp."
 
 
 @dataclass
@@ -100,50 +97,27 @@ class Keyring:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self.directory = store.root / "keys"
-        self._lock_path = store.locks_dir / "keys.lock"
+        self.directory = store.keys_dir
 
     @property
     def _trust_path(self) -> Path:
-        return self.directory / "trust.toml"
+        return self._store.trust_path
 
     def _signing_path(self, channel: str) -> Path:
-        return self.directory / "signing" / f"{channel}.key"
+        return self._store.signing_path(channel)
 
     @contextmanager
     def _changing(self) -> Iterator[list[TrustedKey]]:
-        with locks.hold(self._lock_path, what="the keyring", wait=30):
+        self._store.sweep()
+        with self._store.keyring_lock():
             self.directory.mkdir(mode=0o700, exist_ok=True)
-            (self.directory / "signing").mkdir(mode=0o700, exist_ok=True)
-            self._sweep()
+            self._store.signing_dir.mkdir(mode=0o700, exist_ok=True)
             keys = self._load()
             yield keys
             self._save(keys)
 
     def _save(self, keys: list[TrustedKey]) -> None:
         write_toml(self._trust_path, {"key": [asdict(k) for k in keys]}, mode=0o600)
-
-    def _sweep(self) -> None:
-        """Remove the temporary files of killed key commands (a private key's among them);
-        the caller holds the keyring's lock, so none of them is being written."""
-        for directory in (self.directory, self.directory / "signing"):
-            try:
-                names = os.listdir(directory)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if name.startswith(TEMPORARY_PREFIX):
-                    (directory / name).unlink(missing_ok=True)
-
-    def sweep(self) -> None:
-        """Remove leftover temporary files now, unless another key command runs."""
-        if not self.directory.is_dir():
-            return
-        try:
-            with locks.hold(self._lock_path, what="the keyring", wait=0):
-                self._sweep()
-        except Busy:
-            pass  # that command sweeps them itself
 
     def _load(self) -> list[TrustedKey]:
         data = read_toml(self._trust_path)
@@ -155,7 +129,8 @@ class Keyring:
     # Queries
 
     def keys(self) -> list[KeyInfo]:
-        self.sweep()
+        # The sweep removes a killed key command's temporary files (a private key's among them).
+        self._store.sweep()
         signing = {ch: self.signing_public(ch) for ch in {k.channel for k in self._load()}}
         return [
             KeyInfo(k.channel, k.public, k.added, k.is_revoked, signing.get(k.channel) == k.public)
@@ -177,7 +152,7 @@ class Keyring:
 
     def signing_seed(self, channel: str) -> bytes:
         check_channel(channel)
-        self.sweep()
+        self._store.sweep()
         path = self._signing_path(channel)
         if not path.exists():
             raise NotFound(

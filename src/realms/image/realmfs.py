@@ -30,15 +30,16 @@ from realms.image.header import (
     SIGNATURE_SIZE,
     Header,
     build_header,
+    data_size,
     parse_header,
     render_metainfo,
 )
 from realms.image.verity import format_hash_tree, hash_area_size, verify_hash_tree
+from realms.kinds import ImageKind
 from realms.system.fs import fsync_dir
 from realms.units import now
 
 IMAGE_TYPE = "realmfs"
-BLOCK_SIZE = 4096
 _CHUNK = 1 << 20
 
 
@@ -97,7 +98,7 @@ def seal_tree(
         os.ftruncate(fd, HEADER_SIZE)
         _copy_into(data_file, fd, HEADER_SIZE)
         data_file.unlink()
-        hash_offset = HEADER_SIZE + nblocks * BLOCK_SIZE
+        hash_offset = HEADER_SIZE + data_size(nblocks)
         salt = root = shasum = None
         if verity:
             salt = secrets.token_bytes(32)
@@ -111,7 +112,7 @@ def seal_tree(
                 )
         else:
             with log.step("Computing the checksum of the data"):
-                shasum = _sha256(fd, HEADER_SIZE, nblocks * BLOCK_SIZE)
+                shasum = _sha256(fd, HEADER_SIZE, data_size(nblocks))
         metainfo = render_metainfo(
             image_type=IMAGE_TYPE,
             realmfs_name=name,
@@ -175,13 +176,13 @@ def _check_header(header: Header, raw: bytes) -> Check:
     end = PREFIX_SIZE + len(meta.raw) + SIGNATURE_SIZE
     if any(raw[end:]):
         return Check("header", False, "bytes after the signature are not zero")
-    kind = "sealed" if meta.sealed else "block"
+    kind = ImageKind.SEALED if meta.sealed else ImageKind.BLOCK
     return Check("header", True, f"{kind} image {meta.realmfs_name or '?'} v{meta.version}")
 
 
 def _check_size(path: Path, header: Header) -> Check:
     nblocks = header.metainfo.nblocks or 0
-    expected = HEADER_SIZE + nblocks * BLOCK_SIZE
+    expected = HEADER_SIZE + data_size(nblocks)
     if header.metainfo.sealed:
         expected += hash_area_size(nblocks)
     actual = path.stat().st_size
@@ -232,7 +233,7 @@ def _check_data(path: Path, header: Header) -> Check:
             path,
             data_offset=HEADER_SIZE,
             data_blocks=nblocks,
-            hash_offset=HEADER_SIZE + nblocks * BLOCK_SIZE,
+            hash_offset=HEADER_SIZE + data_size(nblocks),
             root=meta.verity_root,
             salt=meta.verity_salt,
         )
@@ -241,7 +242,7 @@ def _check_data(path: Path, header: Header) -> Check:
         return Check("checksum", True, "no checksum in the metainfo to compare")
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        actual = _sha256(fd, HEADER_SIZE, nblocks * BLOCK_SIZE)
+        actual = _sha256(fd, HEADER_SIZE, data_size(nblocks))
     finally:
         os.close(fd)
     if actual != meta.shasum:

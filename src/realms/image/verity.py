@@ -46,8 +46,10 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from realms.errors import InvalidInput, RealmsError
+from realms.image import header
 
-BLOCK_SIZE = 4096
+BLOCK_SIZE = header.BLOCK_SIZE
+
 DIGEST_SIZE = 32
 HASHES_PER_BLOCK = BLOCK_SIZE // DIGEST_SIZE
 SUPERBLOCK_SIZE = 512

@@ -4,7 +4,7 @@ Each appimg and each realm has its own lock file in the store's ``locks/`` direc
 change something take the lock exclusively; commands that only need a thing to stay put (making a
 realm from an appimg) take it shared. A lock dies with its process, so a killed command never
 leaves a lock behind, and a temporary name whose lock is free belongs to a dead command and may
-be cleaned up (see :mod:`realms.store`).
+be cleaned up (see :mod:`realms.store.txn`). The lock order is in :mod:`realms.store.layout`.
 
 Nothing is ever written into a lock file: it is created empty once and only opened and locked
 after that, so that commands which free space (``realms remove``, ``appimg remove``, ``prune``)

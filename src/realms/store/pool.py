@@ -18,6 +18,7 @@ from pathlib import Path
 
 from realms import log
 from realms.errors import InvalidInput, RealmsError
+from realms.store.layout import pool_image
 from realms.system import btrfs, mounts
 from realms.system.run import run
 from realms.units import format_size
@@ -29,7 +30,7 @@ MIN_POOL_SIZE = 256 << 20
 
 
 def image_path(store: Path) -> Path:
-    return store.parent / f"{store.name}.pool.img"
+    return pool_image(store)
 
 
 def mounted_pool(store: Path) -> Path | None:

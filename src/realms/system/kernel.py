@@ -10,6 +10,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from realms.kinds import VerityMode
+
 
 def _filesystems() -> set[str]:
     try:
@@ -60,10 +62,10 @@ def features() -> Features:
     )
 
 
-def verity_enforcement(policy: str, found: Features) -> str:
+def verity_enforcement(policy: str, found: Features) -> VerityMode:
     """How sealed images would be checked under ``policy`` here: kernel, userspace or none."""
-    if policy == "userspace":
-        return "userspace"
+    if policy == VerityMode.USERSPACE:
+        return VerityMode.USERSPACE
     if found.dm_verity:
-        return "kernel"
-    return "userspace" if policy == "auto" else "none"
+        return VerityMode.KERNEL
+    return VerityMode.USERSPACE if policy == VerityMode.AUTO else VerityMode.NONE
