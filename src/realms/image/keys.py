@@ -210,17 +210,10 @@ class Keyring:
     def revoke(self, public: str) -> list[str]:
         """Revoke ``public`` wherever it is trusted; return the channels it was trusted for.
 
-        Then the activations of images it signed are released, except where a realm runs on
-        one: that one goes when the realm stops and it is used next (every use checks the
-        signature again and refuses).
+        The caller then releases the activations of the images it signed
+        (:func:`realms.activation.release_untrusted`, which builds on this module, as
+        :func:`realms.api.revoke_key` does).
         """
-        channels = self._revoke(public)
-        from realms import activation  # it imports the image modules, which import this one
-
-        activation.release_untrusted(self._store)
-        return channels
-
-    def _revoke(self, public: str) -> list[str]:
         with self._changing() as keys:
             channels = [k.channel for k in keys if k.public == public and not k.is_revoked]
             if not channels:
