@@ -1,5 +1,5 @@
 """Run the command line as ``python -m realms``."""
 
-from realms.cli import main
+from realms.cli import run
 
-raise SystemExit(main())
+run()

@@ -12,42 +12,76 @@ a message and a hint) for anything a user can cause; results are dataclasses wit
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from realms import activation
-from realms.appimg.ops import (
-    AppimgInfo,
-    import_appimg,
-    list_appimgs,
-    remove_appimg,
-    show_appimg,
-)
-from realms.appimg.record import AppimgRecord, Version
+from realms.errors import AlreadyExists, RealmsError
+from realms.store import InitResult, Store, init, locate
 
 if TYPE_CHECKING:
+    from realms.activation import Activation
     from realms.appimg.images import Verification
+    from realms.appimg.ops import (
+        AppimgInfo,
+        import_appimg,
+        list_appimgs,
+        remove_appimg,
+        show_appimg,
+    )
+    from realms.appimg.record import AppimgRecord, Version
     from realms.appimg.update import UpdateResult
+    from realms.appimg.versions import Pruned
     from realms.builder.build import BuildResult
     from realms.image.keys import KeyInfo, Keyring
-from realms.appimg.versions import Pruned, prune, rollback, set_pinned, versions
-from realms.container import systemd_is_pid1
-from realms.errors import AlreadyExists, RealmsError
-from realms.realm import (
-    RealmInfo,
-    default_realm,
-    list_realms,
-    new_realm,
-    remove_realm,
-    run_in_realm,
-    set_default_realm,
-    show_realm,
-)
-from realms.store import InitResult, Store, init, locate, pool
-from realms.system import kernel
+    from realms.realm import (
+        RealmInfo,
+        default_realm,
+        list_realms,
+        new_realm,
+        remove_realm,
+        run_in_realm,
+        set_default_realm,
+        show_realm,
+    )
+    from realms.system.kernel import Features
+
+# What this module passes on from the modules that own it, imported when first used: a command
+# imports only the modules it needs (``realms appimg verify`` never imports realms, containers or
+# the tar reader), which keeps the start-up of every command short.
+_LAZY = {
+    "AppimgInfo": "realms.appimg.ops",
+    "import_appimg": "realms.appimg.ops",
+    "list_appimgs": "realms.appimg.ops",
+    "remove_appimg": "realms.appimg.ops",
+    "show_appimg": "realms.appimg.ops",
+    "AppimgRecord": "realms.appimg.record",
+    "Version": "realms.appimg.record",
+    "Pruned": "realms.appimg.versions",
+    "UpdateResult": "realms.appimg.update",
+    "BuildResult": "realms.builder.build",
+    "RealmInfo": "realms.realm",
+    "default_realm": "realms.realm",
+    "list_realms": "realms.realm",
+    "new_realm": "realms.realm",
+    "remove_realm": "realms.realm",
+    "run_in_realm": "realms.realm",
+    "set_default_realm": "realms.realm",
+    "show_realm": "realms.realm",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AppimgInfo",
@@ -124,19 +158,27 @@ def update_appimg(
 
 def appimg_versions(store: Store, name: str) -> AppimgRecord:
     """The appimg's record: its versions, the current one, its history."""
+    from realms.appimg.versions import versions
+
     return versions(store, name)
 
 
 def rollback_appimg(store: Store, name: str, version: int | None = None) -> tuple[int, int]:
     """Make an earlier version current; return (previous, new) current version."""
+    from realms.appimg.versions import rollback
+
     return rollback(store, name, version)
 
 
 def prune_appimg(store: Store, name: str, keep: int | None = None) -> Pruned:
+    from realms.appimg.versions import prune
+
     return prune(store, name, keep)
 
 
 def pin_version(store: Store, name: str, version: int, *, pinned: bool = True) -> Version:
+    from realms.appimg.versions import set_pinned
+
     return set_pinned(store, name, version, pinned)
 
 
@@ -258,6 +300,8 @@ def revoke_key(store: Store, key: str) -> Revocation:
     channels = keyring(store).revoke(public)
     # Images it signed are refused from now on: their activations go, except where a realm
     # runs on one (it goes when it is next used, which checks the signature again).
+    from realms import activation
+
     activation.release_untrusted(store)
     return Revocation(public, channels)
 
@@ -265,6 +309,8 @@ def revoke_key(store: Store, key: str) -> Revocation:
 def default(store: Store, name: str | None = None) -> str:
     """Make ``name`` the default realm, or, without one, return the default realm; refused when
     there is none."""
+    from realms.realm import default_realm, set_default_realm
+
     if name:
         set_default_realm(store, name)
         return name
@@ -277,6 +323,8 @@ def default(store: Store, name: str | None = None) -> str:
 def shell(store: Store, name: str | None = None, *, root: bool = False) -> int:
     """An interactive login shell in realm ``name`` (default: the default realm); return its
     exit status."""
+    from realms.realm import default_realm, run_in_realm
+
     name = name or default_realm(store)
     if name is None:
         raise RealmsError("no realm named and no default realm", hint="name one: realms shell NAME")
@@ -291,7 +339,7 @@ def open_store(path: str | Path | None = None) -> Store:
 @dataclass(frozen=True)
 class Status:
     store: Store
-    features: kernel.Features
+    features: Features
     appimgs: int
     realms: int
     default_realm: str | None
@@ -299,13 +347,17 @@ class Status:
     pool_image: Path | None
     total_bytes: int
     free_bytes: int
-    activations: list[activation.Activation]
+    activations: list[Activation]
 
     @property
     def verity(self) -> str:
+        from realms.system import kernel
+
         return kernel.verity_enforcement(self.store.config.verity, self.features)
 
     def to_json(self) -> dict[str, Any]:
+        from realms.container import systemd_is_pid1
+
         return {
             "store": str(self.store.root),
             "backend": self.store.backend.name,
@@ -324,6 +376,12 @@ class Status:
 
 
 def status(store: Store) -> Status:
+    from realms import activation
+    from realms.appimg.ops import list_appimgs
+    from realms.realm import default_realm
+    from realms.store import pool
+    from realms.system import kernel
+
     usage = shutil.disk_usage(store.root)
     return Status(
         store=store,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from realms import __version__
@@ -59,7 +60,12 @@ def _dest(path: tuple[str, ...]) -> str:
     return "_".join([*path, "command"])
 
 
-def build_parser() -> Parser:
+def build_parser(words: Sequence[str] | None = None) -> Parser:
+    """The parser of every command or, where ``words`` name one command (with global options
+    only before and among its words), of that command alone: argparse parses the same, and
+    a command does not pay for building the parsers of the thirty others at every start-up.
+    Help, a group alone and anything unclear get the whole parser."""
+    chosen = None if words is None else command_path(words)
     common = _common()
     parser = Parser(prog="realms", description=PROGRAM_DESCRIPTION, parents=[common])
     parser.add_argument("--version", action="version", version=f"realms {__version__}")
@@ -67,6 +73,8 @@ def build_parser() -> Parser:
         (): parser.add_subparsers(dest=_dest(()), metavar="COMMAND", required=True)
     }
     for entry in COMMANDS:
+        if chosen is not None and entry.path != chosen[: len(entry.path)]:
+            continue
         sub: Parser = groups[entry.path[:-1]].add_parser(
             entry.path[-1],
             help=entry.help,
@@ -80,6 +88,32 @@ def build_parser() -> Parser:
             continue
         _add_command(sub, entry)
     return parser
+
+
+def command_path(words: Sequence[str]) -> tuple[str, ...] | None:
+    """The words of the command that ``words`` run (``("appimg", "verify")``), or None where
+    they name none for sure: a group alone, an unknown word, or an option that is not exactly
+    a global one (``--help``, ``--version``, an abbreviation) before the command's last word."""
+    flags = {name for arg in GLOBAL_OPTIONS if arg.flag for name in (arg.name, arg.short) if name}
+    valued = {arg.name for arg in GLOBAL_OPTIONS if not arg.flag}
+    paths = {entry.path: entry for entry in COMMANDS}
+    path: tuple[str, ...] = ()
+    position = 0
+    while position < len(words):
+        word = words[position]
+        position += 1
+        if word in flags or (word.partition("=")[0] in valued and "=" in word):
+            continue
+        if word in valued:
+            position += 1
+            continue
+        entry = paths.get((*path, word))
+        if entry is None:
+            return None
+        path = entry.path
+        if isinstance(entry, Command):
+            return path
+    return None
 
 
 def _add_command(sub: Parser, entry: Command) -> None:
