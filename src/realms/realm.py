@@ -42,7 +42,7 @@ from realms.faults import checkpoint
 from realms.kinds import IMAGE_KINDS, ImageKind, Isolation
 from realms.names import check_appimg_name, check_existing_realm_name, check_realm_name
 from realms.store import Store, write_toml
-from realms.store.layout import REALM_CONFIG_NAME
+from realms.store.layout import RealmFiles
 from realms.system import idmap
 from realms.system.fs import atomic_symlink, atomic_write, fsync_dir
 from realms.units import now
@@ -87,7 +87,7 @@ class RealmInfo:
 
 
 def _exists(store: Store, name: str) -> bool:
-    return (store.realm_dir(name) / origin.ORIGIN_NAME).exists()
+    return store.realm(name).origin.exists()
 
 
 def _require(store: Store, name: str) -> None:
@@ -200,29 +200,30 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
                 checkpoint("realm-new:activated")
             elif not store.backend.zero_cost:
                 log.note(f"copy backend: copying appimg {appimg!r} (not a zero-cost snapshot)")
-            with store.staging(store.realm_dir(name), f"realm {name!r}") as staged:
-                staged.mkdir(mode=0o755)
+            with store.staging(store.realm_dir(name), f"realm {name!r}") as path:
+                path.mkdir(mode=0o755)
+                staged = RealmFiles(path)
                 uid_base = idmap.pick_base(
                     made.uid_base
                     for made in origin.all_origins(store.realms_dir).values()
                     if made.uid_base is not None
                 )
                 if image:
-                    for layer in ("rootfs", "upper", "work", "lower"):
-                        (staged / layer).mkdir(mode=0o755)
-                    os.chown(staged / "upper", uid_base, uid_base)
+                    for layer in (staged.rootfs, staged.upper, staged.work, staged.lower):
+                        layer.mkdir(mode=0o755)
+                    os.chown(staged.upper, uid_base, uid_base)
                 else:
-                    store.backend.clone(store.version_path(appimg, version), staged / "rootfs")
-                _make_home(store, staged / "home")
+                    store.backend.clone(store.version_path(appimg, version), staged.rootfs)
+                _make_home(store, staged.home)
                 template = config.commented_template(
                     config.REALM_SETTINGS,
                     f"realm {name}; unset keys fall back to [realm-defaults] in "
                     f"{store.config_path}",
                     {"realmfs": appimg},
                 )
-                atomic_write(staged / REALM_CONFIG_NAME, template)
+                atomic_write(staged.config, template)
                 found = origin.Origin(appimg, version.version, version.kind, now(), uid_base)
-                write_toml(staged / origin.ORIGIN_NAME, found.to_toml())
+                write_toml(staged.origin, found.to_toml())
                 checkpoint("realm-new:staged")
     checkpoint("realm-new:renamed")
     if default_realm(store) is None:
@@ -239,9 +240,9 @@ def remove_realm(store: Store, name: str, *, keep_home: bool = False) -> Path | 
         kept = None
         with store.run_lock(name):
             was_default = default_realm(store) == name
-            if keep_home and (directory / "home").exists():
-                kept = store.removed_dir / f"{name}-{now().replace(':', '')}"
-                os.rename(directory / "home", kept)
+            if keep_home and store.realm(name).home.exists():
+                kept = store.kept_home_path(name, now().replace(":", ""))
+                os.rename(store.realm(name).home, kept)
                 fsync_dir(store.removed_dir)
                 checkpoint("realm-remove:home-kept")
             found = origin.load(directory)
@@ -268,7 +269,7 @@ def running(store: Store, name: str) -> Iterator[Path]:
 
 
 def realm_settings(store: Store, name: str) -> dict[str, Any]:
-    return config.load_realm(store.realm_dir(name) / REALM_CONFIG_NAME, store.config.realm_defaults)
+    return config.load_realm(store.realm(name).config, store.config.realm_defaults)
 
 
 # Running
@@ -297,13 +298,13 @@ def _binds(
     if settings["use-ephemeral-home"]:
         # A tmpfs of the container's own, owned by the realm's user as the host sees it
         # (nspawn's --tmpfs would give it to the realm's root).
-        home = store.realm_dir(name) / "ephemeral-home"
+        home = store.realm(name).ephemeral_home
         home.mkdir(mode=0o700, exist_ok=True)
         owner = uid_base + REALM_UID
         tmpfs.append((home, f"mode=0700,uid={owner},gid={owner}"))
         binds.append(Bind(home, REALM_HOME))
     else:
-        binds.append(Bind(store.realm_dir(name) / "home", REALM_HOME, idmap=True))
+        binds.append(Bind(store.realm(name).home, REALM_HOME, idmap=True))
     if settings["use-shared-dir"]:
         binds.append(Bind(store.shared_dir, f"{REALM_HOME}/Shared", idmap=True))
     optional = [
@@ -348,23 +349,23 @@ def _image_layers(
             active = activation.activate(
                 store, found.appimg, version, store.version_path(found.appimg, version)
             )
-    directory = store.realm_dir(name)
+    files = store.realm(name)
     mode = settings["overlay"]
     if mode == "none":
         return None, TreeView([active.mountpoint])
-    tmpfs = directory / "tmpfs" if mode == "tmpfs" else None
+    tmpfs = files.tmpfs if mode == "tmpfs" else None
     if tmpfs is not None:
         tmpfs.mkdir(exist_ok=True)
         view = TreeView([active.mountpoint])
     else:
-        _own_layer(directory / "upper", found.uid_base if userns else 0)
-        view = TreeView([directory / "upper", active.mountpoint])
-    lower_view = directory / "lower"
+        _own_layer(files.upper, found.uid_base if userns else 0)
+        view = TreeView([files.upper, active.mountpoint])
+    lower_view = files.lower
     lower_view.mkdir(exist_ok=True)
     layers = Overlay(
         active.mountpoint,
-        directory / "upper",
-        directory / "work",
+        files.upper,
+        files.work,
         tmpfs,
         lower_view if userns else None,
     )
@@ -390,7 +391,7 @@ def _ensure_uid_base(store: Store, name: str, found: origin.Origin) -> origin.Or
         return found
     taken = [o.uid_base for o in origin.all_origins(store.realms_dir).values() if o.uid_base]
     found = dataclasses.replace(found, uid_base=idmap.pick_base(taken))
-    write_toml(store.realm_dir(name) / origin.ORIGIN_NAME, found.to_toml())
+    write_toml(store.realm(name).origin, found.to_toml())
     return found
 
 
@@ -406,7 +407,7 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
         settings = realm_settings(store, name)
         found = _ensure_uid_base(store, name, origin.load(directory))
         userns = settings["isolation"] == Isolation.USERNS
-        rootfs = directory / "rootfs"
+        rootfs = RealmFiles(directory).rootfs
         overlay = None
         view = TreeView([rootfs])
         if found.kind in IMAGE_KINDS:

@@ -29,7 +29,7 @@ from realms.image import filesystem, keys, realmfs
 from realms.image.realmfs import Check
 from realms.kinds import ImageKind, VersionOrigin
 from realms.names import check_appimg_name
-from realms.store import WORKING_PREFIX, Store
+from realms.store import Store
 from realms.system import btrfs
 from realms.system.fs import rename_noreplace, token
 from realms.system.run import run
@@ -73,7 +73,7 @@ def seal(
             )
         number = reserve(store, name)
         base = load_record(store, name).current_version
-        work = store.appimg_dir(name) / f"{WORKING_PREFIX}seal-{token()}"
+        work = store.working_path(name, f"seal-{token()}")
         work.mkdir()
         try:
             # A snapshot of the tree, so that nothing (a prune) can take it away meanwhile.

@@ -47,7 +47,7 @@ from realms.image.header import HEADER_SIZE, data_size
 from realms.kinds import ImageKind, VersionOrigin
 from realms.names import check_appimg_name
 from realms.storage import Changes
-from realms.store import WORKING_PREFIX, Store
+from realms.store import Store
 from realms.system import mounts
 from realms.system.fs import (
     fsync_dir,
@@ -129,7 +129,7 @@ def _start(store: Store, name: str) -> tuple[Path, Version, int | None]:
         base = load_record(store, name).current_version
         if base.kind != ImageKind.TREE:
             raise RealmsError(f"version {base.version} changed kind meanwhile; try again")
-        working = store.appimg_dir(name) / f"{WORKING_PREFIX}{token()}"
+        working = store.working_path(name, token())
         if not store.backend.zero_cost:
             log.note(f"copy backend: copying appimg {name!r} for the update (not a snapshot)")
         store.backend.clone(store.version_path(name, base), working)
@@ -272,7 +272,7 @@ def _update_image(
     fs = filesystem.detect(image, HEADER_SIZE) or "ext4"
     spec = _ImageSpec(base.kind, fs, channel, _signing_seed(store, name, channel))
     number = reserve(store, name)
-    work = store.appimg_dir(name) / f"{WORKING_PREFIX}{token()}"
+    work = store.working_path(name, token())
     work.mkdir()
     try:
         tree = work / "tree"
@@ -401,7 +401,7 @@ def _commit_kept(store: Store, name: str) -> UpdateResult:
             kept.kind, kept.fs or "ext4", kept.channel, _signing_seed(store, name, kept.channel)
         )
         number = reserve(store, name)
-        work = store.appimg_dir(name) / f"{WORKING_PREFIX}{token()}"
+        work = store.working_path(name, token())
         work.mkdir()
         try:
             version = _seal_and_commit(

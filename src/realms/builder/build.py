@@ -35,7 +35,7 @@ from realms.builder.config import BuildConfig, Module, inputs_digest, load, with
 from realms.builder.job import BuildJob, prune_logs
 from realms.faults import checkpoint
 from realms.kinds import ImageKind, VersionOrigin
-from realms.store import NEW_PREFIX, Store
+from realms.store import Store
 from realms.system.fs import rename_noreplace, token, unlink_in_root
 
 
@@ -49,11 +49,6 @@ class BuildResult:
     log_path: Path | None
     key: str
     seconds: float
-
-
-def _build_dir(store: Store) -> Path:
-    store.build_dir.mkdir(exist_ok=True)
-    return store.build_dir
 
 
 def build(
@@ -116,7 +111,8 @@ def _build_new(
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     logs = store.logs_dir
     # One directory per build, holding the new root filesystem and the scripts run in it.
-    work = _build_dir(store) / f"{NEW_PREFIX}{config.name}.{token()}"
+    store.build_dir.mkdir(exist_ok=True)
+    work = store.build_work_path(config.name, token())
     tree = work / "root"
     scratch = work / "scratch"
     job = BuildJob(

@@ -85,6 +85,54 @@ ACTIVATION_WAIT = 120.0
 KEYRING_WAIT = 30.0
 
 
+@dataclass(frozen=True)
+class RealmFiles:
+    """The entries of one realm's directory (also of its directory while it is staged)."""
+
+    directory: Path
+
+    @property
+    def config(self) -> Path:
+        return self.directory / REALM_CONFIG_NAME
+
+    @property
+    def origin(self) -> Path:
+        return self.directory / ORIGIN_NAME
+
+    @property
+    def home(self) -> Path:
+        return self.directory / "home"
+
+    @property
+    def ephemeral_home(self) -> Path:
+        """The mount point of the tmpfs home of a realm with use-ephemeral-home."""
+        return self.directory / "ephemeral-home"
+
+    @property
+    def rootfs(self) -> Path:
+        """A tree realm's root filesystem; an image realm's mount point of its overlay."""
+        return self.directory / "rootfs"
+
+    @property
+    def upper(self) -> Path:
+        """An image realm's writable layer, and the overlay's work directory beside it."""
+        return self.directory / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.directory / "work"
+
+    @property
+    def lower(self) -> Path:
+        """Where an image realm in a user namespace sees its image idmapped."""
+        return self.directory / "lower"
+
+    @property
+    def tmpfs(self) -> Path:
+        """The mount point of the writable layer of an image realm with overlay = "tmpfs"."""
+        return self.directory / "tmpfs"
+
+
 class Versioned(Protocol):
     """A version as the layout needs it (:class:`realms.appimg.record.Version`)."""
 
@@ -166,6 +214,10 @@ class Layout:
         """Where the tree of an update that could not be committed is kept."""
         return self.appimg_dir(name) / KEPT_NAME
 
+    def working_path(self, name: str, token: str) -> Path:
+        """The working copy of an update session, or the work directory of a seal."""
+        return self.appimg_dir(name) / f"{WORKING_PREFIX}{token}"
+
     # Realms
 
     @property
@@ -174,6 +226,13 @@ class Layout:
 
     def realm_dir(self, name: str) -> Path:
         return self.realms_dir / name
+
+    def realm(self, name: str) -> RealmFiles:
+        return RealmFiles(self.realm_dir(name))
+
+    def kept_home_path(self, name: str, stamp: str) -> Path:
+        """Where ``realms remove --keep-home`` moves a realm's home."""
+        return self.removed_dir / f"{name}-{stamp}"
 
     # Activations
 
@@ -205,6 +264,10 @@ class Layout:
 
     def packages_dir(self, release: str) -> Path:
         return self.cache_dir / "packages" / release
+
+    def build_work_path(self, name: str, token: str) -> Path:
+        """The directory of a build that runs (its new root filesystem and scratch files)."""
+        return self.build_dir / f"{NEW_PREFIX}{name}.{token}"
 
     def build_log_path(self, name: str, stamp: str) -> Path:
         return self.logs_dir / f"build-{name}-{stamp}.log"
