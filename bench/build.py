@@ -49,8 +49,8 @@ after itself, also on Ctrl-C or SIGTERM: it unmounts its filesystem, checks that
 is left backed by its image, and removes its temporary directory. Run it from the repository
 root (about 3.5 minutes with the defaults)::
 
-    .venv/bin/python bench/build.py
-    .venv/bin/python bench/build.py --runs 5
+    .venv/bin/python -m bench build
+    .venv/bin/python -m bench build --runs 5
 """
 
 from __future__ import annotations
@@ -66,44 +66,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import (
-    GIB,
-    RESULTS_DIR,
-    SCRATCH_TOOLS,
+from bench.base import GIB, RESULTS_DIR, human, log, run, tool_version
+from bench.harness import (
     BenchBase,
     Measurement,
     add_image_option,
     add_output_option,
-    format_ratio,
-    format_seconds,
-    human,
-    load_average,
-    log,
-    machine_info,
     measure,
     mmdebstrap_argv,
     prepare_run,
+    realms_command,
+    realms_source,
+    recorded_command,
+    step_times,
+    timed,
+    timeline,
+)
+from bench.report import (
+    format_ratio,
+    format_seconds,
     print_table,
     print_targets,
     ratio,
-    realms_command,
-    realms_source,
     record,
-    recorded_command,
-    remove_tree,
     rounded,
-    run,
-    scratch_btrfs,
-    step_times,
     target_line,
-    timed,
-    timeline,
     timing_cells,
     timing_json,
-    tool_version,
-    tree_stats,
     write_results,
 )
+from bench.system import SCRATCH_TOOLS, load_average, machine_info, remove_tree, scratch_btrfs
+from bench.trees import tree_stats
 from realms.builder.config import BuildConfig, load
 from realms.system import apt
 

@@ -43,8 +43,8 @@ whatever is still mounted in its filesystem and the filesystem, checks that no l
 left backed by its image or by a file on it, and removes its temporary directory. Run it from
 the repository root (under a minute with the defaults)::
 
-    .venv/bin/python bench/image_realm.py
-    .venv/bin/python bench/image_realm.py --tree-mb 256 --runs 3
+    .venv/bin/python -m bench image_realm
+    .venv/bin/python -m bench image_realm --tree-mb 256 --runs 3
 """
 
 from __future__ import annotations
@@ -52,58 +52,52 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import (
-    MIB,
-    REPO,
-    RESULTS_DIR,
-    SCRATCH_TOOLS,
-    STORE_DIR,
+from bench.base import MIB, RESULTS_DIR, human, log, run, tool_version
+from bench.harness import (
     BenchBase,
     Measurement,
     add_image_option,
     add_output_option,
     add_seed_option,
     check_counts,
-    children_cpu_ms,
-    detail_medians,
-    format_ratio,
-    generate_source,
-    human,
-    load_average,
-    log,
-    machine_cpu_ms,
-    machine_info,
     measure,
     prepare_run,
-    print_table,
-    ratio,
     realms_command,
     realms_source,
-    record,
     recorded_command,
-    rounded,
-    run,
-    scratch_btrfs,
-    scratch_size,
     step_times,
     timed,
     timeline,
+)
+from bench.report import (
+    detail_medians,
+    format_ratio,
+    print_table,
+    ratio,
+    record,
+    rounded,
     timing_cells,
     timing_json,
-    tool_version,
-    tree_stats,
     write_results,
 )
+from bench.system import (
+    SCRATCH_TOOLS,
+    STORE_DIR,
+    children_cpu_ms,
+    load_average,
+    machine_cpu_ms,
+    machine_info,
+    scratch_btrfs,
+    scratch_size,
+)
+from bench.trees import generate_source, tree_stats
 from realms.image.realmfs import read_header
-
-sys.path.insert(0, str(REPO))  # tests.helpers: the repository root is not on the path
 from tests.helpers import make_busybox_tree
 
 RESULTS = RESULTS_DIR / "image_realm.json"

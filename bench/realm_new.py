@@ -27,8 +27,8 @@ It needs root (mkfs.btrfs, mount) and cleans up after itself, also on Ctrl-C: it
 filesystem, checks that no loop device is left backed by its image, and removes its temporary
 directory. Run it from the repository root::
 
-    .venv/bin/python bench/realm_new.py
-    .venv/bin/python bench/realm_new.py --small-mb 50 --large-mb 500 --runs 5
+    .venv/bin/python -m bench realm_new
+    .venv/bin/python -m bench realm_new --small-mb 50 --large-mb 500 --runs 5
 """
 
 from __future__ import annotations
@@ -41,36 +41,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import (
-    RESULTS_DIR,
-    SCRATCH_TOOLS,
-    SIZES,
-    STORE_DIR,
+from bench.base import RESULTS_DIR, log, run
+from bench.harness import (
     BenchBase,
-    GeneratedTrees,
     Measurement,
     add_output_option,
-    add_two_tree_options,
     check_counts,
-    format_ratio,
-    import_two_trees,
-    log,
-    machine_info,
     measure,
     prepare_run,
+    realms_command,
+    recorded_command,
+    timed,
+)
+from bench.report import (
+    format_ratio,
     print_targets,
     print_two_tree_table,
-    realms_command,
     record,
-    recorded_command,
     rounded,
-    run,
-    scratch_btrfs,
-    scratch_size,
     target_line,
-    timed,
-    two_tree_config,
     write_results,
+)
+from bench.system import SCRATCH_TOOLS, STORE_DIR, machine_info, scratch_btrfs, scratch_size
+from bench.trees import (
+    SIZES,
+    GeneratedTrees,
+    add_two_tree_options,
+    import_two_trees,
+    two_tree_config,
 )
 
 RESULTS = RESULTS_DIR / "realm_new.json"

@@ -55,8 +55,8 @@ It needs root (mkfs.btrfs, mount, systemd-nspawn) and cleans up after itself, al
 SIGTERM: it unmounts its filesystem, checks that no loop device is left backed by its image, and
 removes its temporary directory. Run it from the repository root::
 
-    .venv/bin/python bench/update_commit.py
-    .venv/bin/python bench/update_commit.py --small-mb 50 --large-mb 500 --runs 5
+    .venv/bin/python -m bench update_commit
+    .venv/bin/python -m bench update_commit --small-mb 50 --large-mb 500 --runs 5
 """
 
 from __future__ import annotations
@@ -71,43 +71,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import (
-    RESULTS_DIR,
-    SCRATCH_TOOLS,
-    SIZES,
-    STORE_DIR,
+from bench.base import RESULTS_DIR, log, run, tool_version
+from bench.harness import (
     BenchBase,
-    GeneratedTrees,
     Measurement,
     add_output_option,
-    add_two_tree_options,
     check_counts,
-    detail_medians,
-    format_ratio,
-    import_two_trees,
-    load_average,
-    log,
-    machine_info,
     measure,
     prepare_run,
+    realms_command,
+    realms_source,
+    recorded_command,
+    timed,
+    timeline,
+)
+from bench.report import (
+    detail_medians,
+    format_ratio,
     print_table,
     print_targets,
     print_two_tree_table,
     ratio,
-    realms_command,
-    realms_source,
     record,
-    recorded_command,
     rounded,
-    run,
+    target_line,
+    write_results,
+)
+from bench.system import (
+    SCRATCH_TOOLS,
+    STORE_DIR,
+    load_average,
+    machine_info,
     scratch_btrfs,
     scratch_size,
-    target_line,
-    timed,
-    timeline,
-    tool_version,
+)
+from bench.trees import (
+    SIZES,
+    GeneratedTrees,
+    add_two_tree_options,
+    import_two_trees,
     two_tree_config,
-    write_results,
 )
 
 RESULTS = RESULTS_DIR / "update_commit.json"

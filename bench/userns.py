@@ -42,8 +42,8 @@ whatever is still mounted in its filesystem and the filesystem, checks that no l
 left backed by its image or by a file on it, and removes its temporary directory. Run it from
 the repository root (about a minute with the defaults)::
 
-    .venv/bin/python bench/userns.py
-    .venv/bin/python bench/userns.py --runs 5
+    .venv/bin/python -m bench userns
+    .venv/bin/python -m bench userns --runs 5
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,46 +59,41 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common import (
-    MIB,
-    REPO,
-    RESULTS_DIR,
-    SCRATCH_TOOLS,
-    STORE_DIR,
+from bench.base import MIB, RESULTS_DIR, human, log, run, tool_version
+from bench.harness import (
     BenchBase,
     Measurement,
     add_image_option,
     add_output_option,
     add_seed_option,
     check_counts,
-    generate_source,
-    human,
-    load_average,
-    log,
-    machine_info,
     prepare_run,
+    realms_command,
+    realms_source,
+    recorded_command,
+    timed,
+)
+from bench.report import (
     print_table,
     print_targets,
     ratio,
-    realms_command,
-    realms_source,
     record,
-    recorded_command,
     rounded,
-    run,
+    target_line,
+    timing_cells,
+    timing_json,
+    write_results,
+)
+from bench.system import (
+    SCRATCH_TOOLS,
+    STORE_DIR,
+    load_average,
+    machine_info,
     scratch_btrfs,
     scratch_size,
     settle,
-    target_line,
-    timed,
-    timing_cells,
-    timing_json,
-    tool_version,
-    tree_stats,
-    write_results,
 )
-
-sys.path.insert(0, str(REPO))  # tests.helpers: the repository root is not on the path
+from bench.trees import generate_source, tree_stats
 from tests.helpers import make_busybox_tree
 
 RESULTS = RESULTS_DIR / "userns.json"

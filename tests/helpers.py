@@ -10,12 +10,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from realms.system import mounts
+from realms.system import scratch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,53 +107,31 @@ def run(*argv: str | Path) -> str:
     return subprocess.run([str(a) for a in argv], check=True, capture_output=True, text=True).stdout
 
 
+# Finding and releasing mounts and loop devices is realms.system.scratch's, shared with bench/.
+
+
 def mounts_below(directory: Path) -> list[Path]:
-    real = Path(os.path.realpath(directory))
-    return [m.target for m in mounts.mounts() if m.target == real or real in m.target.parents]
+    """Mount points at or under ``directory``, deepest first."""
+    return scratch.mounts_below(directory)
 
 
 def unmount_below(directory: Path) -> None:
     """Unmount everything mounted at or under ``directory``, deepest first."""
-    for _attempt in range(50):
-        found = mounts_below(directory)
-        if not found:
-            return
-        target = max(found, key=lambda p: len(p.parts))
-        if subprocess.run(["umount", str(target)], capture_output=True, check=False).returncode:
-            time.sleep(0.1)
-    for target in sorted(mounts_below(directory), key=lambda p: -len(p.parts)):
-        subprocess.run(["umount", "--lazy", str(target)], capture_output=True, check=False)
-
-
-def _loop_backing_files() -> list[tuple[str, str]]:
-    """(device, backing file) of every loop device."""
-    output = subprocess.run(
-        ["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
-    pairs = [line.split(None, 1) for line in output.splitlines()]
-    return [(parts[0], parts[1].strip()) for parts in pairs if len(parts) == 2]
+    scratch.unmount_below(directory)
 
 
 def loops_backed_below(directory: Path) -> list[str]:
     """Loop devices whose backing file is under ``directory``."""
-    real = os.path.realpath(directory)
-    return [device for device, file in _loop_backing_files() if file.startswith(real + "/")]
+    return scratch.loops_backed_below(directory)
 
 
 def loops_backed_by(path: Path) -> list[str]:
     """Loop devices whose backing file is ``path``."""
-    real = os.path.realpath(path)
-    return [device for device, file in _loop_backing_files() if file == real]
+    return scratch.loops_backed_by(path)
 
 
 def make_btrfs(image: Path, mountpoint: Path, size: str) -> None:
-    run("truncate", "-s", size, image)
-    run("mkfs.btrfs", "--quiet", image)
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    run("mount", "-o", "loop", image, mountpoint)
+    scratch.make_btrfs(image, mountpoint, size)
 
 
 GETENT = """#!/bin/sh

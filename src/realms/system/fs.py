@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,9 @@ _renameat2.restype = ctypes.c_int
 
 def token() -> str:
     """A short random string for temporary names."""
-    return secrets.token_hex(4)
+    # What secrets.token_hex does, without importing secrets (hmac, random, base64) at every
+    # start-up.
+    return os.urandom(4).hex()
 
 
 def fsync_dir(path: Path) -> None:

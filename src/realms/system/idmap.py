@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import secrets
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -74,7 +73,9 @@ def pick_base(taken: Iterable[int]) -> int:
     used = set(taken)
     count = (LAST_BASE - FIRST_BASE) // RANGE_SIZE + 1
     for _attempt in range(1000):
-        base = FIRST_BASE + secrets.randbelow(count) * RANGE_SIZE
+        # A 64-bit draw modulo a few thousand ranges is uniform enough, and does not import
+        # secrets (hmac, random) at every start-up.
+        base = FIRST_BASE + (int.from_bytes(os.urandom(8), "big") % count) * RANGE_SIZE
         if base not in used:
             return base
     raise RealmsError("no free uid range for a new realm")

@@ -98,17 +98,29 @@ def in_own_mount_namespace(script: str, *arguments: str | Path) -> list[str]:
     ]
 
 
-def loops_backed_by(image: Path) -> list[str]:
-    """The loop devices whose backing file is ``image``."""
-    real = os.path.realpath(image)
+def _loop_backings() -> list[tuple[str, str]]:
+    """(device, backing file) of every attached loop device; a backing file that was deleted
+    keeps its name (sysfs adds " (deleted)")."""
     found = []
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
         try:
-            if backing.read_text().strip() == real:
-                found.append(f"/dev/{backing.parent.parent.name}")
+            name = backing.read_text().rstrip("\n").removesuffix(" (deleted)")
         except OSError:
-            continue
+            continue  # detached meanwhile
+        found.append((f"/dev/{backing.parent.parent.name}", name))
     return found
+
+
+def loops_backed_by(image: Path) -> list[str]:
+    """The loop devices whose backing file is ``image``."""
+    real = os.path.realpath(image)
+    return [device for device, name in _loop_backings() if name == real]
+
+
+def loops_backed_below(directory: Path) -> list[str]:
+    """The loop devices whose backing file is below ``directory``."""
+    prefix = os.path.realpath(directory).rstrip("/") + "/"
+    return [device for device, name in _loop_backings() if name.startswith(prefix)]
 
 
 def wait_until_detached(image: Path, timeout: float = 10.0) -> bool:
