@@ -22,7 +22,6 @@ from pathlib import Path
 from realms import log
 from realms.appimg.commit import NewVersion, commit, reserve
 from realms.appimg.record import AppimgRecord, Version, load_record
-from realms.appimg.tarball import write_tarball
 from realms.errors import InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
 from realms.image import filesystem, keys, realmfs
@@ -204,6 +203,10 @@ def export(store: Store, name: str, target: Path, number: int | None = None) -> 
         version = _pick(load_record(store, name), number)
         source = store.version_path(name, version)
         if version.kind == ImageKind.TREE:
+            # Imported here: the tar modules (tarfile, compressors) are not needed by the other
+            # commands of this module, verify above all.
+            from realms.appimg.tarball import write_tarball
+
             write_tarball(source, target)
             return version
         partial = target.with_name(f".{target.name}.{token()}.part")

@@ -23,8 +23,8 @@ verify, so that commands which do not are not slowed down by it.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -181,7 +181,7 @@ class Keyring:
                     hint="--replace makes a new one; the old public key stays trusted until "
                     "'realms key revoke'",
                 )
-            seed = secrets.token_bytes(32)
+            seed = os.urandom(32)  # secrets.token_bytes, without importing secrets
             public = public_of(seed)
             # Trusted first: killed before the private key is in place, the store still signs
             # with the old key, which is still trusted; never with a key it does not trust.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +100,7 @@ def seal_tree(
         hash_offset = HEADER_SIZE + data_size(nblocks)
         salt = root = shasum = None
         if verity:
-            salt = secrets.token_bytes(32)
+            salt = os.urandom(32)  # secrets.token_bytes, without importing secrets
             with log.step(f"Computing the dm-verity hash tree of {nblocks} blocks"):
                 root = format_hash_tree(
                     target,
