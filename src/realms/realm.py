@@ -22,21 +22,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from realms import activation, config, log, origin
+from realms import config, log, origin
 from realms.appimg.record import load_record
-from realms.container import (
-    REALM_HOME,
-    Bind,
-    Container,
-    Overlay,
-    TreeView,
-    check_os_tree,
-    default_locale,
-    user_of_uid,
-)
-from realms.container import run as run_container
 from realms.errors import AlreadyExists, InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
 from realms.kinds import IMAGE_KINDS, ImageKind, Isolation
@@ -46,6 +35,12 @@ from realms.store.layout import RealmFiles
 from realms.system import idmap
 from realms.system.fs import atomic_symlink, atomic_write, fsync_dir
 from realms.units import now
+
+if TYPE_CHECKING:
+    from realms.container import Bind, Overlay, TreeView
+
+# realms.activation and realms.container are imported by the functions that use them: a realm
+# on a tree is made, listed and removed without them (a shorter start-up for those commands).
 
 REALM_UID = 1000
 
@@ -193,6 +188,8 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
                 )
             image = version.kind.is_image
             if image:
+                from realms import activation
+
                 # Checked and mounted first: a bad image stops here, before anything is made.
                 with store.activation_lock(appimg):
                     activation.release_unused(store, appimg)
@@ -250,6 +247,8 @@ def remove_realm(store: Store, name: str, *, keep_home: bool = False) -> Path | 
         if was_default:
             store.default_realm_link.unlink(missing_ok=True)
     if found.kind in IMAGE_KINDS:
+        from realms import activation
+
         with store.activation_lock(found.appimg):
             if not activation.users(store, found.appimg, found.appimg_version):
                 activation.release(store, found.appimg, found.appimg_version)
@@ -293,6 +292,8 @@ def _binds(
 ) -> tuple[list[Bind], list[tuple[Path, str]]]:
     """The bind mounts that the realm's settings ask for and the tmpfs mounts made for them;
     ``uid_base`` is the host uid of the realm's root (0 for a privileged realm)."""
+    from realms.container import REALM_HOME, Bind
+
     binds: list[Bind] = []
     tmpfs: list[tuple[Path, str]] = []
     if settings["use-ephemeral-home"]:
@@ -337,6 +338,9 @@ def _image_layers(
 ) -> tuple[Overlay | None, TreeView]:
     """For a realm on a block or sealed version: its overlay (the activated image below, the
     realm's layer above) and the view of its files before it runs (passwd, locale)."""
+    from realms import activation
+    from realms.container import Overlay, TreeView
+
     with store.appimg_lock(found.appimg, shared=True):
         record = load_record(store, found.appimg)
         version = record.version(found.appimg_version)
@@ -403,6 +407,16 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
     on a block or sealed version runs on an overlay of the activated image (checked first, see
     :mod:`realms.activation`) and its own writable layer.
     """
+    from realms.container import (
+        REALM_HOME,
+        Container,
+        TreeView,
+        check_os_tree,
+        default_locale,
+        user_of_uid,
+    )
+    from realms.container import run as run_container
+
     with running(store, name) as directory:
         settings = realm_settings(store, name)
         found = _ensure_uid_base(store, name, origin.load(directory))
