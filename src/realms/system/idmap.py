@@ -193,13 +193,16 @@ _KNOWN_DIR = Path("/run/realms")
 
 
 def _known_marker(path: Path) -> Path | None:
-    """The marker that says the filesystem of ``path`` took an idmapped mount since boot."""
+    """The marker that says the filesystem of ``path`` took an idmapped mount since boot: by
+    its type and device number (a device number alone is reused, say by an overlay mounted
+    where a btrfs pool was)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         device = os.stat(path).st_dev
     except OSError:
         return None
-    return _KNOWN_DIR / f"idmap-ok.{boot}.{device}"
+    fstype = mounts.mount_of(path).fstype
+    return _KNOWN_DIR / f"idmap-ok.{boot}.{fstype}.{device}"
 
 
 def known_to_idmap(path: Path) -> bool:
