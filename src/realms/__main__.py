@@ -2,4 +2,5 @@
 
 from realms.cli import run
 
-run()
+if __name__ == "__main__":
+    run()
