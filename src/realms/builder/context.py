@@ -19,6 +19,7 @@ from typing import Any
 
 from realms.errors import InvalidInput
 from realms.settings import parse_toml, shown
+from realms.system.libc import libc
 
 MAX_CONTEXT_FILE = 64 << 20
 """The largest file or script a build config may name (they are read into memory once)."""
@@ -26,8 +27,6 @@ MAX_CONTEXT_FILE = 64 << 20
 _SYS_OPENAT2 = 437  # the same number on every architecture (a syscall added after 5.1)
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_BENEATH = 0x08
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 class _OpenHow(ctypes.Structure):
@@ -48,7 +47,7 @@ def _open_beneath(directory_fd: int, relative: str) -> int:
     swapped in between a check and the open."""
     how = _OpenHow(_OPEN_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
     fd = int(
-        _libc.syscall(
+        libc.syscall(
             _SYS_OPENAT2,
             directory_fd,
             os.fsencode(relative),

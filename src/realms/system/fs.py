@@ -14,12 +14,13 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from realms.system.libc import checked, libc
+
 TEMPORARY_PREFIX = ".tmp."
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_renameat2 = _libc.renameat2
+_renameat2 = libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int
 
@@ -44,9 +45,7 @@ def syncfs(path: Path) -> None:
     """Write everything of the filesystem that holds ``path`` to disk."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
+        checked(libc.syncfs(fd), "syncfs", str(path))
     finally:
         os.close(fd)
 
@@ -60,9 +59,7 @@ def rename_noreplace(source: Path, target: Path) -> None:
     result = _renameat2(
         _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
     )
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(target))
+    checked(result, "renameat2", str(target))
 
 
 def temporary_name(path: Path) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from realms.errors import RealmsError
 from realms.system import mounts
+from realms.system.libc import checked, libc
 
 RANGE_SIZE = 65536
 # systemd's range for container uids (UIDS-GIDS.md): 0x00080000 .. 0x6FFFFFFF. Ranges are
@@ -47,9 +48,6 @@ _CLONE_NEWNS = 0x00020000
 _MS_REC = 0x4000
 _MS_PRIVATE = 0x40000
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
 
 class _MountAttr(ctypes.Structure):
     _fields_ = [
@@ -58,13 +56,6 @@ class _MountAttr(ctypes.Structure):
         ("propagation", ctypes.c_uint64),
         ("userns_fd", ctypes.c_uint64),
     ]
-
-
-def _checked(result: int, what: str) -> int:
-    if result < 0:
-        number = ctypes.get_errno()
-        raise OSError(number, f"{what}: {os.strerror(number)}")
-    return result
 
 
 def pick_base(taken: Iterable[int]) -> int:
@@ -104,7 +95,7 @@ def make_user_namespace(base: int) -> UserNamespace:
     a descriptor to it, then the child goes."""
 
     def unshare() -> None:
-        _checked(_libc.unshare(_CLONE_NEWUSER), "unshare")
+        checked(libc.unshare(_CLONE_NEWUSER), "unshare")
 
     child = subprocess.Popen(  # not through system/run: nothing is run, sleep only holds it
         ["sleep", "60"],
@@ -133,8 +124,8 @@ def make_user_namespace(base: int) -> UserNamespace:
 def _clone(source: Path) -> int:
     """A detached copy of the mount tree at ``source`` (a descriptor; gone when closed unless
     attached with :func:`_attach`)."""
-    return _checked(
-        _libc.syscall(
+    return checked(
+        libc.syscall(
             _SYS_OPEN_TREE,
             _AT_FDCWD,
             os.fsencode(source),
@@ -148,8 +139,8 @@ def _set_attributes(
     tree: int, what: str, *, set_: int = 0, clear: int = 0, userns: int = 0
 ) -> None:
     attributes = _MountAttr(set_, clear, 0, userns)
-    _checked(
-        _libc.syscall(
+    checked(
+        libc.syscall(
             _SYS_MOUNT_SETATTR,
             tree,
             b"",
@@ -162,8 +153,8 @@ def _set_attributes(
 
 
 def _attach(tree: int, target: Path) -> None:
-    _checked(
-        _libc.syscall(
+    checked(
+        libc.syscall(
             _SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH
         ),
         f"attaching {target}",
@@ -250,8 +241,8 @@ def enter_private_mount_namespace(needed: Iterable[Path]) -> None:
     runs. So every mount that is neither on the way to a needed path nor below one, nor part of
     the system (/proc, /sys, /dev, /run), is detached from the copy.
     """
-    _checked(_libc.unshare(_CLONE_NEWNS), "unshare")
-    _checked(_libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
+    checked(libc.unshare(_CLONE_NEWNS), "unshare")
+    checked(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
     keep = [os.path.realpath(path) for path in needed]
     targets = {str(mount.target) for mount in mounts.mounts()}
     for target in sorted(targets, key=lambda t: t.count("/"), reverse=True):
@@ -259,7 +250,7 @@ def enter_private_mount_namespace(needed: Iterable[Path]) -> None:
             continue
         if any(_within(path, target) or _within(target, path) for path in keep):
             continue
-        _libc.umount2(os.fsencode(target), _MNT_DETACH)  # gone already: nothing to do
+        libc.umount2(os.fsencode(target), _MNT_DETACH)  # gone already: nothing to do
 
 
 _SYSTEM = ("/proc", "/sys", "/dev", "/run")
@@ -271,8 +262,8 @@ def _within(path: str, directory: str) -> bool:
 
 
 def mount(source: str, target: Path, fstype: str, options: str) -> None:
-    _checked(
-        _libc.mount(source.encode(), os.fsencode(target), fstype.encode(), 0, options.encode()),
+    checked(
+        libc.mount(source.encode(), os.fsencode(target), fstype.encode(), 0, options.encode()),
         f"mounting {fstype} at {target}",
     )
 

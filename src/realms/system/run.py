@@ -8,7 +8,6 @@ command and the last lines of its stderr.
 
 from __future__ import annotations
 
-import ctypes
 import shlex
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from typing import IO, Any
 
 from realms import log
 from realms.errors import CommandFailed, RealmsError
+from realms.system.libc import libc
 
 # Where a tool we call comes from, for the hint when it is missing.
 PACKAGE_OF = {
@@ -148,7 +148,7 @@ def _child_setup(
 def _death_signal(which: bool | signal.Signals) -> Callable[[], None]:
     """A function for the child (between fork and exec) that asks for a signal when realms
     dies; libc is looked up here, in the parent, so the child only makes one call."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl = libc.prctl
     number = int(which) if isinstance(which, signal.Signals) else int(signal.SIGTERM)
 
     def ask() -> None:
