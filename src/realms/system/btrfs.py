@@ -6,6 +6,7 @@ data with its source and costs the same whatever the size of the tree.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -14,6 +15,7 @@ import struct
 import time
 from pathlib import Path
 
+from realms import log
 from realms.errors import CommandFailed, RealmsError
 from realms.system.run import run
 
@@ -21,6 +23,11 @@ from realms.system.run import run
 SUBVOLUME_ROOT_INODE = 256
 # _IOWR(0x94, 18, struct btrfs_ioctl_ino_lookup_args): 4096 bytes (treeid, objectid, name[4080]).
 _IOC_INO_LOOKUP = 0xD0009412
+# _IOW(0x94, 23, struct btrfs_ioctl_vol_args_v2): 4096 bytes (fd, transid, flags, 32 bytes of
+# qgroup fields, name[4040]); what "btrfs subvolume snapshot" calls.
+_IOC_SNAP_CREATE_V2 = 0x50009417
+_VOL_ARGS_V2 = struct.Struct("=qQQ32s4040s")
+_SUBVOL_RDONLY = 1 << 1
 
 
 def is_subvolume(path: Path) -> bool:
@@ -37,8 +44,34 @@ def create_subvolume(path: Path) -> None:
 
 
 def snapshot(source: Path, target: Path, *, readonly: bool = False) -> None:
-    """Snapshot the subvolume ``source`` as ``target``; zero cost, independent afterwards."""
-    run(["btrfs", "subvolume", "snapshot", *(["-r"] if readonly else []), source, target])
+    """Snapshot the subvolume ``source`` as ``target``; zero cost, independent afterwards.
+
+    The ioctl that ``btrfs subvolume snapshot`` makes, without starting that program (about
+    4 ms of every ``realms new``). A full filesystem raises the OSError (ENOSPC), which the
+    command line reports with what to free; other failures are RealmsErrors.
+    """
+    name = os.fsencode(target.name)
+    if name in (b"", b".", b"..") or len(name) >= 4040:
+        raise RealmsError(f"cannot snapshot {source} as {target}: not a name for a subvolume")
+    log.debug(f"+ btrfs subvolume snapshot {'-r ' if readonly else ''}{source} {target} (ioctl)")
+    try:
+        source_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            parent_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                flags = _SUBVOL_RDONLY if readonly else 0
+                arguments = bytearray(_VOL_ARGS_V2.pack(source_fd, 0, flags, b"", name))
+                fcntl.ioctl(parent_fd, _IOC_SNAP_CREATE_V2, arguments)
+            finally:
+                os.close(parent_fd)
+        finally:
+            os.close(source_fd)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise OSError(error.errno, error.strerror, str(target)) from None
+        raise RealmsError(
+            f"cannot snapshot {source} as {target}: {error.strerror or error}"
+        ) from None
 
 
 def set_readonly(path: Path, readonly: bool = True) -> None:
