@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from realms.builder import config as build_config
-from realms.errors import InvalidInput
 from tests.helpers import Realms, loops_backed_below, mounts_below
 
 MIRROR = ""  # the host's, like a user's build
@@ -203,52 +201,6 @@ def test_killed_build_is_cleaned_up_by_the_next(build_store: Realms, tmp_path: P
     assert not mounts_below(build_dir) and not loops_backed_below(build_dir)
     realms("new", "deb-boot", "--appimg", "killed")
     assert realms("run", "deb-boot", "--", "less", "--version").returncode == 0
-
-
-def test_template_documents_every_key_and_parses(tmp_path: Path) -> None:
-    realms = Realms(tmp_path / "no-store")
-    target = tmp_path / "build.toml"
-    realms("appimg", "build", "--new", str(target))
-    text = target.read_text()
-    for key in build_config.KEYS + build_config.USER_KEYS + build_config.MODULE_KEYS:
-        assert f"{key.name} = " in text
-    for module in build_config.BUILTIN_MODULES:
-        assert module in text
-    parsed = build_config.load(target)
-    default = build_config.load(None)
-    assert build_config.inputs_digest(parsed) == build_config.inputs_digest(default)
-    assert "exists already" in realms.fails("appimg", "build", "--new", str(target))
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("colour = 1", "unknown key 'colour'"),
-        ('packages = "vim"', "packages: expected a list of Debian package names"),
-        ('packages = ["Bad Name"]', "packages: expected a list of Debian package names"),
-        ('variant = "huge"', 'variant: expected one of "minbase"'),
-        ('bootstrapper = "debootstrap"\nvariant = "standard"', "debootstrap has no variant"),
-        ('mirror = "--setup-hook=true"', "mirror: expected an http://"),
-        ('release = "../.."', "release: expected a Debian release name"),
-        ('name = "no/slash"', "name: invalid appimg name"),
-        ("[user]\nuid = -1", "uid: expected a whole number"),
-        ('[user]\nname = "Root Beer"', "name: expected a user name"),
-        ('[modules]\nbefore = ["teleport"]', "unknown module 'teleport'"),
-        ('[modules]\nafter = ["missing.sh"]', "module script 'missing.sh' not found"),
-        ('[[files]]\nsource = "nope"\npath = "/etc/x"', "source: 'nope' not found"),
-        ('[[files]]\nsource = "build.toml"\npath = "etc/x"', "path: expected an absolute path"),
-        ('[[files]]\nsource = "build.toml"\npath = "/x"\nmode = "rwx"', "mode: expected"),
-        ("user = 3", "user: expected a table"),
-        ('packages = ["less"]', "the module sudo-nopasswd needs the package sudo"),
-        ("= broken", "not valid TOML"),
-    ],
-)
-def test_config_errors_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "build.toml"
-    path.write_text(text + "\n")
-    with pytest.raises(InvalidInput) as raised:
-        build_config.load(path)
-    assert message in raised.value.message and str(path) in raised.value.message
 
 
 def test_bad_config_on_the_command_line(realms: Realms, tmp_path: Path) -> None:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from realms.builder import config as build_config
-from realms.builder import modules
 from tests.helpers import Realms
+from tests.unit.test_build_config import _context
 
 UNPRIVILEGED = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -33,18 +32,6 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
             info = os.lstat(path)
             found[str(path.relative_to(root))] = (info.st_mode, info.st_size)
     return found
-
-
-def _context(directory: Path) -> Path:
-    """A build context: the config's directory with a file and a script in it, and a secret
-    next to it (outside the context)."""
-    (directory / "ctx/files").mkdir(parents=True)
-    (directory / "ctx/scripts").mkdir()
-    (directory / "ctx/files/motd").write_text("hello\n")
-    (directory / "ctx/scripts/ok.sh").write_text("true\n")
-    (directory / "secret").write_text("host secret\n")
-    (directory / "evil.sh").write_text(f"touch {directory}/PWNED-script\n")
-    return directory / "ctx"
 
 
 def _attack(realms: Realms, context: Path, text: str, expected: str) -> str:
@@ -254,53 +241,6 @@ def test_no_injection_into_module_scripts(
 def test_long_values_are_cut_in_the_error(realms: Realms, tmp_path: Path) -> None:
     error = _attack(realms, _context(tmp_path), f'release = "{"x/" * 5000}"\n', "release:")
     assert "(10002 characters)" in error
-
-
-def test_good_values_pass_and_scripts_quote_them(tmp_path: Path) -> None:
-    """A file:/// mirror, https mirrors, names with every allowed character: accepted; and the
-    scripts made from them hold them quoted."""
-    context = _context(tmp_path)
-    (context / "files/alias").symlink_to("motd")  # a symlink that stays inside is fine
-    config = context / "good.toml"
-    config.write_text(
-        'mirror = "file:///srv/mirror/debian"\n'
-        'security-mirror = "https://user@security.debian.org:443/debian-security/"\n'
-        'release = "bookworm-backports"\n'
-        'components = ["main", "non-free-firmware"]\n'
-        'locale = "sr_RS.UTF-8@latin"\n'
-        'hostname = "my-host"\n'
-        '[user]\nname = "dev_1"\ngroups = ["sudo", "plugdev"]\nshell = "/usr/bin/zsh"\n'
-        '[modules]\nafter = ["sudo-nopasswd", "./scripts/ok.sh"]\n'
-        '[[files]]\nsource = "files/alias"\npath = "/etc/motd"\nowner = "1000:user"\n'
-    )
-    loaded = build_config.load(config)
-    assert loaded.mirror == "file:///srv/mirror/debian"
-    assert loaded.security_mirror == "https://user@security.debian.org:443/debian-security/"
-    assert loaded.files[0].data == b"hello\n"
-    assert loaded.after[1].name == "ok.sh" and loaded.after[1].text == "true\n"
-    hosts = modules.builtin_script("set-hostname", loaded)
-    assert "<<'EOF'" in hosts  # a quoted here-document: nothing in it is expanded
-    assert "useradd" in modules.builtin_script("create-user", loaded)
-    assert "-- dev_1" in modules.builtin_script("create-user", loaded)
-
-
-def test_build_uses_the_bytes_it_checked(tmp_path: Path) -> None:
-    """The files and scripts are read once, at load: swapping them for symlinks to host
-    secrets afterwards (the time-of-check-to-time-of-use race) changes nothing."""
-    context = _context(tmp_path)
-    config = context / "race.toml"
-    config.write_text(
-        '[modules]\nafter = ["sudo-nopasswd", "scripts/ok.sh"]\n'
-        '[[files]]\nsource = "files/motd"\npath = "/etc/motd"\n'
-    )
-    loaded = build_config.load(config)
-    digest = build_config.inputs_digest(loaded)
-    for name in ("files/motd", "scripts/ok.sh"):
-        (context / name).unlink()
-        (context / name).symlink_to("/etc/shadow")
-    assert loaded.files[0].data == b"hello\n" and loaded.after[1].text == "true\n"
-    assert build_config.inputs_digest(loaded) == digest
-    assert not any(isinstance(v, Path) for v in vars(loaded.files[0]).values())
 
 
 def test_a_file_mirror_passes_validation_on_the_command_line(

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from realms.system import mounts
-from realms.system.fs import atomic_write
 from tests.helpers import Realms, loops_backed_below, mounts_below, run, unmount_below
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -209,31 +208,3 @@ def test_init_closes_a_store_made_by_older_realms(busybox_tree: Path) -> None:
         assert as_nobody("cat", key).returncode != 0
         assert as_nobody("head", "-c", "1", image).returncode != 0
         assert "open to other users" not in realms("list").stderr
-
-
-def test_a_private_file_is_never_readable_while_written(tmp_path: Path) -> None:
-    """atomic_write creates its temporary file with the final mode (open with the mode, even
-    with umask 0) and ends with exactly that mode (even with umask 077)."""
-    created: list[int] = []
-    real_open = os.open
-
-    def observing_open(path: str | Path, flags: int, mode: int = 0o777, **kw: object) -> int:
-        fd = real_open(path, flags, mode, **kw)  # type: ignore[arg-type]
-        if flags & os.O_CREAT:
-            assert flags & os.O_EXCL, "a temporary file must be new (O_EXCL)"
-            created.append(stat.S_IMODE(os.fstat(fd).st_mode))
-        return fd
-
-    old_umask = os.umask(0)
-    os.open = observing_open  # type: ignore[assignment]
-    try:
-        atomic_write(tmp_path / "secret.key", "seed\n", mode=0o600)
-        os.umask(0o077)
-        atomic_write(tmp_path / "hostname", "realm\n", mode=0o644)
-    finally:
-        os.open = real_open
-        os.umask(old_umask)
-    assert created == [0o600, 0o600], "the first byte of the key was written to a wider file"
-    assert stat.S_IMODE(os.stat(tmp_path / "secret.key").st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(tmp_path / "hostname").st_mode) == 0o644
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp.")]

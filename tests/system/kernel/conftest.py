@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.vm import Guest, VMError, build_initramfs, fetch_kernel, require_qemu
+from tests.system.kernel.vm import Guest, VMError, build_initramfs, fetch_kernel, require_qemu
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from realms.cli.entry import handler_of
 from realms.cli.parser import build_parser
 from realms.cli.table import COMMANDS, Command, commands
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_documents_match_the_table() -> None:

@@ -121,9 +121,10 @@ def test_every_builtin_module_has_a_script_and_its_package_is_a_default() -> Non
     assert set(schema.DEFAULT_BEFORE + schema.DEFAULT_AFTER) <= set(modules.BUILTINS)
 
 
-DOCUMENT = Path(__file__).parent.parent / "docs/settings.md"
+DOCUMENT = Path(__file__).resolve().parents[2] / "docs/settings.md"
 REGENERATE = (
-    ".venv/bin/python -c 'import tests.test_settings as t; t.DOCUMENT.write_text(t.document())'"
+    ".venv/bin/python -c "
+    "'import tests.unit.test_settings as t; t.DOCUMENT.write_text(t.document())'"
 )
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from realms.image.header import parse_header
 from tests.helpers import Realms, run
-from tests.kernel.vm import Guest
+from tests.system.kernel.vm import Guest
 
 B = 4096
 

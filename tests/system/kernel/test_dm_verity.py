@@ -22,7 +22,7 @@ import pytest
 
 from realms.image.header import FLAG_HASH_TREE, Header, build_header, parse_header, render_metainfo
 from realms.image.verity import BLOCK_SIZE, format_hash_tree, hash_levels
-from tests.kernel.vm import Guest
+from tests.system.kernel.vm import Guest
 
 B = BLOCK_SIZE
 # 16385 data blocks: the tree has three levels (129, 2 and 1 hash blocks), so every read

@@ -188,11 +188,10 @@ def _image_checks(store: Store, directory: Path, block: bytes, tail: int) -> Non
 
 
 @pytest.fixture
-def fuzz_store(realms: Any) -> Store:
-    from realms.api import open_store
+def fuzz_store(store: Store) -> Store:
+    from realms.api import generate_key
 
-    store = open_store(realms.store)
-    realms("key", "generate", "realmfs-user")
+    generate_key(store, "realmfs-user")
     return store
 
 
@@ -251,7 +250,7 @@ def test_signed_image_checks(
     _image_checks(fuzz_store, tmp_path, block, size + extra)
 
 
-# The long run: `pytest -m fuzz tests/security/test_fuzz_header.py`
+# The long run: `pytest -m fuzz tests/unit/test_fuzz_header.py`
 
 
 def _selected(request: pytest.FixtureRequest) -> None:

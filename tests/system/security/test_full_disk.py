@@ -19,7 +19,7 @@ from pathlib import Path
 
 from realms.store import locks
 from tests.helpers import Realms, run
-from tests.security.test_store_access import open_directory, pool_backed_store
+from tests.system.security.test_store_access import open_directory, pool_backed_store
 
 MIB = 1 << 20
 

@@ -1,9 +1,11 @@
 """Small pieces on their own: names, sizes, config validation, the host's apt mirror, reading
-inside an untrusted root, and the command line's parsing and errors."""
+inside an untrusted root, private files that are never readable while written, the module entry
+point and the nspawn command line."""
 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +16,8 @@ from realms import config
 from realms.errors import InvalidInput, InvalidName
 from realms.names import check_appimg_name, check_realm_name
 from realms.system.apt import host_debian_mirror
-from realms.system.fs import read_in_root, rename_noreplace
+from realms.system.fs import atomic_write, read_in_root, rename_noreplace
 from realms.units import parse_size
-from tests.helpers import Realms
 
 
 def test_names() -> None:
@@ -122,33 +123,6 @@ def test_rename_noreplace(tmp_path: Path) -> None:
     assert (tmp_path / "c").is_dir() and not (tmp_path / "a").exists()
 
 
-def test_help_and_usage_errors(tmp_path: Path) -> None:
-    realms = Realms(tmp_path / "store")
-    assert realms("--help").returncode == 0
-    for words in (
-        ["init"],
-        ["status"],
-        ["appimg"],
-        ["appimg", "import"],
-        ["new"],
-        ["run"],
-        ["shell"],
-        ["remove"],
-        ["default"],
-        ["list"],
-        ["show"],
-    ):
-        result = realms(*words, "--help")
-        assert result.returncode == 0 and "usage: realms" in result.stdout
-    for words in (["frobnicate"], ["new"], ["appimg", "import", "x"], ["init", "--backend", "zfs"]):
-        result = realms(*words, check=False)
-        assert result.returncode == 2 and "realms: error:" in result.stderr
-    result = realms("run", "x", check=False)
-    assert result.returncode == 2 and "run needs a command after --" in result.stderr
-    # Global options work after the command too.
-    assert "no realms store at /nowhere" in realms.fails("list", "--store", "/nowhere")
-
-
 def test_module_entry_point() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "realms", "--version"], capture_output=True, text=True, check=True
@@ -193,3 +167,31 @@ def test_nspawn_command_line_follows_the_host(tmp_path: Path) -> None:
     home = Bind(tmp_path / "home", "/home/user", idmap=True)
     assert home.option(userns=True).endswith(":/home/user:idmap")
     assert home.option(userns=False).endswith(":/home/user")
+
+
+def test_a_private_file_is_never_readable_while_written(tmp_path: Path) -> None:
+    """atomic_write creates its temporary file with the final mode (open with the mode, even
+    with umask 0) and ends with exactly that mode (even with umask 077)."""
+    created: list[int] = []
+    real_open = os.open
+
+    def observing_open(path: str | Path, flags: int, mode: int = 0o777, **kw: object) -> int:
+        fd = real_open(path, flags, mode, **kw)  # type: ignore[arg-type]
+        if flags & os.O_CREAT:
+            assert flags & os.O_EXCL, "a temporary file must be new (O_EXCL)"
+            created.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return fd
+
+    old_umask = os.umask(0)
+    os.open = observing_open  # type: ignore[assignment]
+    try:
+        atomic_write(tmp_path / "secret.key", "seed\n", mode=0o600)
+        os.umask(0o077)
+        atomic_write(tmp_path / "hostname", "realm\n", mode=0o644)
+    finally:
+        os.open = real_open
+        os.umask(old_umask)
+    assert created == [0o600, 0o600], "the first byte of the key was written to a wider file"
+    assert stat.S_IMODE(os.stat(tmp_path / "secret.key").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "hostname").st_mode) == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp.")]

@@ -206,7 +206,7 @@ def test_gnu_tar_reads_what_python_wrote(data: bytes) -> None:
     _gnu_tar_agrees(data)
 
 
-# The long run: `pytest -m fuzz tests/security/test_fuzz_tar.py`
+# The long run: `pytest -m fuzz tests/unit/test_fuzz_tar.py`
 
 
 @pytest.mark.fuzz
