@@ -214,7 +214,9 @@ def test_realm_lifecycle(store: Store, tree: Path, owners: Owners) -> None:
     home = realm.path / "home"
     assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
     # Home and everything copied into it from skel are the realm user's (recorded).
-    staged_homes = [p for p in owners if p.endswith("/home") and "/realms/" in p]
+    staged_homes = [
+        p for p in owners if Path(p).name == "home" and Path(p).parent.parent == store.realms_dir
+    ]
     assert staged_homes and all(owners[p] == (1000, 1000) for p in staged_homes)
     config = (realm.path / "config").read_text()
     assert 'realmfs = "base"' in config and "realm work" in config
