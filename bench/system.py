@@ -99,13 +99,14 @@ def release(workdir: Path, image: Path, mountpoint: Path) -> None:
         problem = scratch.unmount(mountpoint, attempts=10, pause=0.5)
         if problem:
             problems.append(f"could not unmount {mountpoint} ({problem}); unmount it by hand")
-    if not problems:
+    # mount -o loop detaches its device when the filesystem goes, which happens after umount
+    # returns: wait for that before detaching it by hand.
+    if not problems and not scratch.wait_until_detached(image, timeout=10):
         for device in scratch.loops_backed_by(image):
-            # Ours (backed by our image): mount -o loop should have detached it.
             log(f"loop device {device} still backed by {image}: detaching it")
             scratch.detach(device)
-        left = scratch.loops_backed_by(image)
-        if left:
+        if not scratch.wait_until_detached(image, timeout=10):
+            left = scratch.loops_backed_by(image)
             problems.append(f"loop devices still backed by {image}: {', '.join(left)}")
     if problems:
         log("cleanup incomplete, temporary directory kept: " + "; ".join(problems))

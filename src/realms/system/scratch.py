@@ -16,7 +16,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from realms.system.mounts import loops_backed_below, loops_backed_by, mounted_below
+from realms.system.mounts import (
+    loops_backed_below,
+    loops_backed_by,
+    mounted_below,
+    wait_until_detached,
+)
 
 __all__ = [
     "detach",
@@ -26,6 +31,7 @@ __all__ = [
     "mounts_below",
     "unmount",
     "unmount_below",
+    "wait_until_detached",
 ]
 
 
