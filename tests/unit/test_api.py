@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from realms import api
 from realms.errors import AlreadyExists, InvalidInput, InvalidName, NotFound, RealmsError
 from realms.kinds import ImageKind, VersionOrigin
 from realms.store import Store
+from tests.unit.archives import END, _archive, _outside_cases
 from tests.unit.conftest import Owners, write_os_tree
 from tests.unit.fakes import DirectoryBackend
 
@@ -363,3 +366,35 @@ def test_update_of_a_missing_appimg_is_refused_before_anything_runs(store: Store
     with pytest.raises(NotFound):
         api.update_appimg(store, "nothing", ["true"])
     assert api.status(store).leftovers == 0
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "absolute path",
+        "dot-dot",
+        "hard link outside",
+        "write through symlink",
+        "hard link through symlink",
+        "NUL in a name",
+    ],
+)
+def test_import_refuses_entries_that_leave_the_tree(
+    store: Store, tmp_path: Path, case: str
+) -> None:
+    # A short absolute name (a ustar header holds 100 characters without its prefix field).
+    outside = Path(tempfile.mkdtemp(prefix="outside-"))
+    try:
+        _refused_and_nothing_written(store, tmp_path, outside, case)
+    finally:
+        shutil.rmtree(outside)
+
+
+def _refused_and_nothing_written(store: Store, tmp_path: Path, outside: Path, case: str) -> None:
+    parts, reason = _outside_cases(outside)[case]
+    archive = _archive(tmp_path / "evil.tar", *parts, END)
+    with pytest.raises(InvalidInput) as refused:
+        api.import_appimg(store, "evil", archive)
+    assert reason in refused.value.message and "nothing was imported" in refused.value.message
+    assert os.listdir(outside) == []
+    assert os.listdir(store.appimgs_dir) == [] and api.status(store).leftovers == 0

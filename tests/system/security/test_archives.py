@@ -18,6 +18,16 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Realms
+from tests.unit.archives import (
+    END,
+    _archive,
+    _dir,
+    _file,
+    _header,
+    _link,
+    _node,
+    _outside_cases,
+)
 
 
 def _state(store: Path) -> list[tuple[str, int, int]]:
@@ -32,34 +42,6 @@ def _state(store: Path) -> list[tuple[str, int, int]]:
     return sorted(found)
 
 
-def _header(info: tarfile.TarInfo) -> bytes:
-    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
-
-
-def _file(name: str, data: bytes = b"x\n", mode: int = 0o644) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = len(data), mode
-    return _header(info) + data + bytes(-len(data) % 512)
-
-
-def _dir(name: str) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode = tarfile.DIRTYPE, 0o755
-    return _header(info)
-
-
-def _node(name: str, kind: bytes, major: int, minor: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.devmajor, info.devminor = kind, 0o666, major, minor
-    return _header(info)
-
-
-def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, target
-    return _header(info)
-
-
 def _with_garbage_devmajor(block: bytes) -> bytes:
     """A header block whose devmajor field is garbage, with a correct checksum: Python's
     tarfile calls it invalid (and used to stop there), GNU tar ignores the field for a file."""
@@ -68,15 +50,6 @@ def _with_garbage_devmajor(block: bytes) -> bytes:
     header[148:156] = b" " * 8
     header[148:156] = b"%06o\0 " % sum(header)
     return bytes(header) + block[512:]
-
-
-END = bytes(1024)
-
-
-def _archive(path: Path, *parts: bytes) -> Path:
-    data = b"".join(parts)
-    path.write_bytes(data + bytes(-len(data) % 10240))
-    return path
 
 
 def test_garbage_devmajor_does_not_hide_entries(realms: Realms, base: str, tmp_path: Path) -> None:
@@ -181,31 +154,6 @@ def test_data_after_the_end_of_the_archive_is_refused(
     error = realms.fails("appimg", "import", "img", str(archive))
     assert "data after the end of the archive" in error and "nothing was imported" in error
     assert _state(realms.store) == before == []
-
-
-def _outside_cases(outside: Path) -> dict[str, tuple[list[bytes], str]]:
-    return {
-        "absolute path": ([_file(f"{outside}/pwned")], "absolute path"),
-        "dot-dot": ([_dir("usr/"), _file("usr/../../pwned")], "'..'"),
-        "hard link outside": ([_link("usr", "../../../etc/shadow", tarfile.LNKTYPE)], "'..'"),
-        "write through symlink": (
-            [_link("usr", str(outside)), _file("usr/pwned")],
-            "symbolic link",
-        ),
-        "hard link through symlink": (
-            [_link("usr", "/etc"), _link("shadow", "usr/shadow", tarfile.LNKTYPE)],
-            "symbolic link",
-        ),
-        # GNU tar reads a pax path up to its first NUL: 'usr\0x' would be the symlink 'usr'.
-        "NUL in a name": ([_pax_symlink("usr\0x", str(outside)), _file("usr/pwned")], "NUL"),
-    }
-
-
-def _pax_symlink(name: str, target: str) -> bytes:
-    info = tarfile.TarInfo("placeholder")
-    info.type, info.linkname = tarfile.SYMTYPE, target
-    info.pax_headers = {"path": name}
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 @pytest.mark.parametrize(
