@@ -164,44 +164,32 @@ def _find(layout: Layout) -> list[Leftover]:
         for entry in _listdir(top):
             if entry.startswith(TEMPORARY_PREFIXES):
                 add(top / entry)
-    for entry in _listdir(layout.realms_dir):
-        if entry.startswith("."):
-            name = _owner(entry)
-            if name is not None:
-                add(layout.realms_dir / entry, _realm_lock(layout, name))
+    def objects(directory: Path, lock_of: Callable[[Layout, str], Lock]) -> list[str]:
+        """Add the temporary names in ``directory`` (``.new.NAME.*`` under NAME's lock) and
+        return the names of the complete objects there."""
+        names = []
+        for entry in _listdir(directory):
+            if not entry.startswith("."):
+                names.append(entry)
+            elif (name := _owner(entry)) is not None:
+                add(directory / entry, lock_of(layout, name))
             elif entry.startswith(TEMPORARY_PREFIXES):
-                add(layout.realms_dir / entry)
-            continue
-        for inner in _listdir(layout.realm_dir(entry)):
+                add(directory / entry)
+        return names
+
+    for realm in objects(layout.realms_dir, _realm_lock):
+        for inner in _listdir(layout.realm_dir(realm)):
             if inner.startswith(TEMPORARY_PREFIXES):
-                add(
-                    layout.realm_dir(entry) / inner,
-                    _realm_lock(layout, entry),
-                    _run_lock(layout, entry),
-                )
-    for entry in _listdir(layout.appimgs_dir):
-        if entry.startswith("."):
-            name = _owner(entry)
-            if name is not None:
-                add(layout.appimgs_dir / entry, _appimg_lock(layout, name))
-            elif entry.startswith(TEMPORARY_PREFIXES):
-                add(layout.appimgs_dir / entry)
-            continue
-        for inner in _listdir(layout.appimg_dir(entry)):
+                locks = (_realm_lock(layout, realm), _run_lock(layout, realm))
+                add(layout.realm_dir(realm) / inner, *locks)
+    for appimg in objects(layout.appimgs_dir, _appimg_lock):
+        for inner in _listdir(layout.appimg_dir(appimg)):
             if inner.startswith(WORKING_PREFIX):
-                add(
-                    layout.appimg_dir(entry) / inner,
-                    _update_lock(layout, entry),
-                    _appimg_lock(layout, entry),
-                )
+                locks = (_update_lock(layout, appimg), _appimg_lock(layout, appimg))
+                add(layout.appimg_dir(appimg) / inner, *locks)
             elif inner.startswith(TEMPORARY_PREFIXES):
-                add(layout.appimg_dir(entry) / inner, _appimg_lock(layout, entry))
-    for entry in _listdir(layout.build_dir):
-        name = _owner(entry)
-        if name is not None:
-            add(layout.build_dir / entry, _build_lock(layout, name))
-        elif entry.startswith(TEMPORARY_PREFIXES):
-            add(layout.build_dir / entry)
+                add(layout.appimg_dir(appimg) / inner, _appimg_lock(layout, appimg))
+    objects(layout.build_dir, _build_lock)
     for entry in _listdir(layout.build_cache_dir):
         if entry.startswith(TEMPORARY_PREFIXES):
             add(layout.build_cache_dir / entry, lambda: layout.cache_lock(wait=0))
