@@ -164,6 +164,7 @@ def _find(layout: Layout) -> list[Leftover]:
         for entry in _listdir(top):
             if entry.startswith(TEMPORARY_PREFIXES):
                 add(top / entry)
+
     def objects(directory: Path, lock_of: Callable[[Layout, str], Lock]) -> list[str]:
         """Add the temporary names in ``directory`` (``.new.NAME.*`` under NAME's lock) and
         return the names of the complete objects there."""
