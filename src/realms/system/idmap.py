@@ -239,21 +239,29 @@ def enter_private_mount_namespace(needed: Iterable[Path]) -> None:
     are private (no systemd), an unmount on the host does not reach the copy, so the copy would
     keep other people's filesystems (and their loop devices) busy for as long as the container
     runs. So every mount that is neither on the way to a needed path nor below one, nor part of
-    the system (/proc, /sys, /dev, /run), is detached from the copy.
+    the system (/proc, /sys, /dev, /run, and where programs and their libraries live: a
+    separate /usr, say, which nspawn needs to start), is detached from the copy.
     """
     checked(libc.unshare(_CLONE_NEWNS), "unshare")
     checked(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
     keep = [os.path.realpath(path) for path in needed]
     targets = {str(mount.target) for mount in mounts.mounts()}
     for target in sorted(targets, key=lambda t: t.count("/"), reverse=True):
-        if target == "/" or any(_within(target, system) for system in _SYSTEM):
+        if target in _SYSTEM_POINTS or any(_within(target, tree) for tree in _SYSTEM_TREES):
             continue
         if any(_within(path, target) or _within(target, path) for path in keep):
             continue
         libc.umount2(os.fsencode(target), _MNT_DETACH)  # gone already: nothing to do
 
 
-_SYSTEM = ("/proc", "/sys", "/dev", "/run")
+_SYSTEM_TREES = (
+    *("/proc", "/sys", "/dev", "/run"),
+    *("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/nix"),
+)
+"""Kept with every mount below them: the kernel's, and the system's programs and libraries."""
+_SYSTEM_POINTS = ("/", "/var", "/tmp", "/home", "/root", "/srv", "/mnt", "/media")
+"""Kept themselves (a separate /var holds /var/lib), not what is mounted below them: that is
+where other people's filesystems are mounted."""
 _MNT_DETACH = 2
 
 

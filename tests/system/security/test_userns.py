@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,36 @@ def test_no_idmapped_mounts_is_a_clear_refusal(mount_guard: Path, busybox_tree: 
     config = cli.store / "realms/plain/config"
     config.write_text(config.read_text() + '\nisolation = "privileged"\n')
     assert cli("run", "plain", "--", "echo", "ran").stdout == "ran\n"
+
+
+def test_the_container_namespace_holds_only_the_mounts_it_uses(
+    realms: Realms, base: str, mount_guard: Path
+) -> None:
+    # Another user's filesystem, mounted while a realm runs: the realm's mount namespace must
+    # not hold a copy of it (else it stays busy, with its loop device, until the realm ends).
+    theirs = mount_guard / "theirs"
+    theirs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "theirs", str(theirs)], check=True)
+    realms("new", "holder")
+    running = realms.spawn("run", "holder", "--", "sleep", "5")
+    try:
+        nspawn = None
+        for _attempt in range(100):
+            found = subprocess.run(
+                ["pgrep", "-f", "systemd-nspawn.*--machine=holder"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+            if found:
+                nspawn = found[0]
+                break
+            time.sleep(0.05)
+        assert nspawn is not None, "the realm did not start"
+        held = Path(f"/proc/{nspawn}/mountinfo").read_text()
+        assert str(theirs) not in held
+        assert str(realms.store / "realms/holder/rootfs") in held
+    finally:
+        running.kill()
+        running.wait()
+    subprocess.run(["umount", str(theirs)], check=True)
