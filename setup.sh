@@ -13,8 +13,9 @@ cd "$(dirname "$(readlink -f "$0")")"
 
 PACKAGES=(btrfs-progs systemd-container mmdebstrap debootstrap busybox-static zstd xz-utils
           tar util-linux e2fsprogs erofs-utils cryptsetup-bin python3-venv)
-# The tests boot Debian's kernel in QEMU to check sealed images against the real dm-verity.
-[ "${EXTRAS:-}" = test ] && PACKAGES+=(qemu-system-x86 kmod)
+# The tests boot Debian's kernel in QEMU to check sealed images against the real dm-verity, build
+# a static setuid program for the attacks of a host user (gcc, libc6-dev), and watch processes.
+[ "${EXTRAS:-}" = test ] && PACKAGES+=(qemu-system-x86 kmod gcc libc6-dev strace procps)
 REPO=$PWD
 STAMP=.venv/.installed
 realms() { "$REPO/.venv/bin/realms" "$@"; }
