@@ -47,6 +47,22 @@ def _kind(compression: Compression) -> str:
     return "tar archive" if compression.name == "none" else f"{compression.name} tar archive"
 
 
+class _Drained:
+    """All of a pipe (a child's stderr), read in a thread of its own so that the child never
+    blocks on a full pipe while realms feeds or reads its other end."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self._chunks: list[bytes] = []
+        self._thread = threading.Thread(
+            target=lambda: self._chunks.append(pipe.read()), daemon=True
+        )
+        self._thread.start()
+
+    def join(self) -> bytes:
+        self._thread.join()
+        return b"".join(self._chunks)
+
+
 @contextmanager
 def _extractor(target: Path, what: str) -> Iterator[IO[bytes]]:
     """A pipe into ``tar --extract`` into the existing empty directory ``target``; the tar
@@ -55,9 +71,7 @@ def _extractor(target: Path, what: str) -> Iterator[IO[bytes]]:
     process = popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     stdin, stderr_pipe = process.stdin, process.stderr
     assert stdin and stderr_pipe
-    errors: list[bytes] = []
-    reader = threading.Thread(target=lambda: errors.append(stderr_pipe.read()), daemon=True)
-    reader.start()
+    errors = _Drained(stderr_pipe)
     stopped = False
     # Whatever stops this (a refused entry, an error, Ctrl-C, SIGTERM at any moment), tar is
     # killed and waited for before the caller deletes the tree it writes into.
@@ -71,17 +85,16 @@ def _extractor(target: Path, what: str) -> Iterator[IO[bytes]]:
         except BrokenPipeError:
             stopped = True
         returncode = process.wait()
-        reader.join()
+        stderr = errors.join()
     except BaseException:
         process.kill()
         process.wait()
         with contextlib.suppress(OSError):
             stdin.close()
-        reader.join()
+        errors.join()
         raise
     finally:
         stderr_pipe.close()
-    stderr = b"".join(errors)
     full = out_of_space_error(target, f"extracting {what}", stderr) if returncode else None
     if full is not None:
         raise full
@@ -143,9 +156,7 @@ def copy_directory(source: Path, target: Path) -> Summary:
         process = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         stdout, stderr_pipe = process.stdout, process.stderr
         assert stdout and stderr_pipe
-        errors: list[bytes] = []
-        reader = threading.Thread(target=lambda: errors.append(stderr_pipe.read()), daemon=True)
-        reader.start()
+        errors = _Drained(stderr_pipe)
         try:
             with _extractor(target, str(source)) as sink:
                 summary = rewrite(stdout, sink, str(source), "copy of the directory")
@@ -155,10 +166,10 @@ def copy_directory(source: Path, target: Path) -> Summary:
                 process.kill()
             process.wait()
             stdout.close()
-            reader.join()
+            stderr = errors.join()
             stderr_pipe.close()
     try:
-        check_exit(argv, returncode, b"".join(errors))
+        check_exit(argv, returncode, stderr)
     except CommandFailed as error:
         raise RealmsError(f"reading {source} failed: {error}; nothing was imported") from None
     _warn_devices(summary, str(source))
