@@ -200,11 +200,7 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
             with store.staging(store.realm_dir(name), f"realm {name!r}") as path:
                 path.mkdir(mode=0o755)
                 staged = RealmFiles(path)
-                uid_base = idmap.pick_base(
-                    made.uid_base
-                    for made in origin.all_origins(store.realms_dir).values()
-                    if made.uid_base is not None
-                )
+                uid_base = _new_uid_base(store)
                 if image:
                     for layer in (staged.rootfs, staged.upper, staged.work, staged.lower):
                         layer.mkdir(mode=0o755)
@@ -388,13 +384,18 @@ def _own_layer(upper: Path, base: int | None) -> None:
             idmap.shift_owners(upper, current, base)
 
 
+def _new_uid_base(store: Store) -> int:
+    """A uid range for a realm: none that another realm of the store has."""
+    made = origin.all_origins(store.realms_dir).values()
+    return idmap.pick_base(found.uid_base for found in made if found.uid_base is not None)
+
+
 def _ensure_uid_base(store: Store, name: str, found: origin.Origin) -> origin.Origin:
     """The realm's origin with a uid range (one is given to a realm made before realms used
     user namespaces); the caller holds the realm as running."""
     if found.uid_base is not None:
         return found
-    taken = [o.uid_base for o in origin.all_origins(store.realms_dir).values() if o.uid_base]
-    found = dataclasses.replace(found, uid_base=idmap.pick_base(taken))
+    found = dataclasses.replace(found, uid_base=_new_uid_base(store))
     write_toml(store.realm(name).origin, found.to_toml())
     return found
 
