@@ -47,6 +47,8 @@ if TYPE_CHECKING:
         set_default_realm,
         show_realm,
     )
+    from realms.registry.pull import Outdated, PullResult
+    from realms.registry.push import PushResult
     from realms.system.kernel import Features
 
 # What this module passes on from the modules that own it, imported when first used: a command
@@ -112,8 +114,13 @@ __all__ = [
     "locate",
     "new_realm",
     "open_store",
+    "outdated_appimgs",
     "pin_version",
     "prune_appimg",
+    "pull_appimg",
+    "push_appimg",
+    "registry_login",
+    "registry_logout",
     "remove_appimg",
     "remove_realm",
     "revoke_key",
@@ -231,6 +238,62 @@ def export_appimg(store: Store, name: str, target: Path, version: int | None = N
     from realms.appimg import images
 
     return images.export(store, name, target, version)
+
+
+def pull_appimg(
+    store: Store,
+    source: str | None,
+    *,
+    name: str | None = None,
+    platform: str | None = None,
+    pull_all: bool = False,
+    tls_verify: bool | None = None,
+) -> list[PullResult]:
+    """Pull ``source`` (a registry reference, or the name of a pulled appimg: its reference
+    again) into appimg ``name``; with ``pull_all``, every pulled appimg whose reference moved.
+    ``tls_verify`` None: as registries.conf says, else verify."""
+    from realms.registry.pull import pull
+
+    return pull(
+        store, source, name=name, platform=platform, pull_all=pull_all, tls_verify=tls_verify
+    )
+
+
+def push_appimg(
+    store: Store,
+    name: str,
+    ref: str,
+    *,
+    version: int | None = None,
+    tls_verify: bool | None = None,
+) -> PushResult:
+    """Push a version of appimg ``name`` (default: the current one) to the reference ``ref``."""
+    from realms.registry.push import push
+
+    return push(store, name, ref, version=version, tls_verify=tls_verify)
+
+
+def outdated_appimgs(store: Store, *, tls_verify: bool | None = None) -> list[Outdated]:
+    """The pulled appimgs whose reference names another manifest in its registry now."""
+    from realms.registry.pull import outdated
+
+    return outdated(store, tls_verify=tls_verify)
+
+
+def registry_login(
+    host: str, username: str, password: str, *, tls_verify: bool | None = None
+) -> Path:
+    """Check the credentials against registry ``host`` and keep them; return the file."""
+    from realms.registry.auth import login
+
+    return login(host, username, password, tls_verify=tls_verify)
+
+
+def registry_logout(host: str) -> list[Path]:
+    """Forget the credentials kept for ``host``; return the files they were removed from."""
+    from realms.registry.auth import logout
+
+    return logout(host)
 
 
 def keyring(store: Store) -> Keyring:

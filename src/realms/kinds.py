@@ -36,6 +36,9 @@ class VersionOrigin(StrEnum):
     BUILD = "build"
     UPDATE = "update"
     SEAL = "seal"
+    PULL = "pull"
+    """From an OCI registry (``appimg pull``): the version's ``source`` names the reference and
+    the manifest digest."""
 
 
 class VerityMode(StrEnum):

@@ -51,6 +51,16 @@ class Version:
     files_changed: int | None = None
     build_key: str | None = None
     """For built versions: the digest of the build's inputs (see realms.builder.config)."""
+    source: dict[str, str] | None = None
+    """Where the version came from: ``{"ref", "digest"}`` (the registry reference and the
+    manifest's digest) for a pulled version."""
+    image_digest: str | None = None
+    """For block and sealed versions: ``sha256:HEX`` of the image file, where it is known
+    (pulled or pushed): how a registry's delta names the base it applies to."""
+    pushed: list[dict[str, str]] = field(default_factory=list)
+    """Where the version was pushed: ``{"repository", "digest"}`` (``HOST/PATH`` and the
+    manifest's digest), newest last: a later version pushed to the same repository builds on
+    it."""
 
     def tree_name(self) -> str:
         """The name of the version in the appimg's directory: ``vN`` for a tree, ``vN.img`` for
@@ -123,7 +133,7 @@ class AppimgRecord:
 
     def to_toml(self) -> dict[str, Any]:
         def without_none(item: Any) -> dict[str, Any]:
-            return {k: v for k, v in asdict(item).items() if v is not None}
+            return {k: v for k, v in asdict(item).items() if v is not None and v != []}
 
         data = {
             "name": self.name,

@@ -201,3 +201,68 @@ def update(call: Call) -> int:
             f"stays at version {result.base} (exit 0 commits)"
         )
     return result.status
+
+
+def tls_verify(call: Call) -> bool | None:
+    value = call.maybe_text("tls_verify")
+    return None if value is None else value == "true"
+
+
+def pull(call: Call) -> int:
+    source, pull_all = call.maybe_text("source"), call.flag("all")
+    if pull_all == (source is not None):
+        raise UsageError("name a reference or a pulled appimg, or give --all")
+    if pull_all and (call.maybe_text("name") or call.maybe_text("platform")):
+        raise UsageError("--all pulls each appimg as before: --name and --platform do not apply")
+    results = api.pull_appimg(
+        call.store,
+        source,
+        name=call.maybe_text("name"),
+        platform=call.maybe_text("platform"),
+        pull_all=pull_all,
+        tls_verify=tls_verify(call),
+    )
+    for result in results:
+        if result.version is None:
+            log.note(f"Appimg {result.name} is up to date with {result.ref} ({result.digest})")
+        else:
+            log.note(
+                f"Pulled {result.ref} as appimg {result.name} version {result.version.version} "
+                f"({result.version.kind}, {format_size(result.downloaded)} downloaded)"
+            )
+    if pull_all and not results:
+        log.note("No pulled appimg has moved in its registry")
+    return 0
+
+
+def push(call: Call) -> int:
+    result = api.push_appimg(
+        call.store,
+        call.text("name"),
+        call.text("ref"),
+        version=call.maybe_number("version"),
+        tls_verify=tls_verify(call),
+    )
+    reused = f", {result.blobs_reused} blobs already there" if result.blobs_reused else ""
+    deltas = (
+        f", deltas against versions {', '.join(map(str, result.deltas))}" if result.deltas else ""
+    )
+    log.note(
+        f"Pushed appimg {result.name} version {result.version} to {result.ref} "
+        f"({format_size(result.uploaded)} uploaded{reused}{deltas}); digest {result.digest}"
+    )
+    return 0
+
+
+def outdated(call: Call) -> int:
+    found = api.outdated_appimgs(call.store)
+    if call.json:
+        output.print_json([item.to_json() for item in found])
+    elif not found:
+        log.note("Every pulled appimg is up to date with its registry")
+    else:
+        output.table(
+            ["APPIMG", "REFERENCE", "PULLED", "NOW"],
+            [[o.name, o.ref, o.pulled[:19], o.current[:19]] for o in found],
+        )
+    return 0

@@ -98,6 +98,12 @@ JSON = Arg("--json", "print JSON with stable keys", flag=True)
 NAME_APPIMG = Arg("name", complete="appimg")
 NAME_REALM = Arg("name", complete="realm")
 VERSION_OPTION = Arg("--version", "default: the current version", type=int)
+TLS_VERIFY = Arg(
+    "--tls-verify",
+    "check the registry's TLS certificate (default true; false also allows plain http); "
+    "default: what /etc/containers/registries.conf says of the registry, else true",
+    choices=("true", "false"),
+)
 
 GLOBAL_OPTIONS: tuple[Arg, ...] = (
     Arg(
@@ -297,6 +303,84 @@ COMMANDS: tuple[Group | Command, ...] = (
         "realms made from its tree versions keep working)",
         "appimg_handlers.remove",
         args=(NAME_APPIMG,),
+    ),
+    Command(
+        ("appimg", "pull"),
+        "pull an image from an OCI registry as an appimg's new version, or pull again",
+        "appimg_handlers.pull",
+        "Pull SOURCE: a registry reference (HOST[:PORT]/PATH[:TAG][@sha256:HEX]) becomes a new "
+        "version of appimg NAME (default: the last part of PATH). A container image's layers "
+        "are applied in order, with OCI whiteouts, into a tree version, checked like a tarball "
+        "import; a realms artifact (a block or sealed image) is checked like an image file "
+        "import, and a delta is used when a version it applies to is here. Every blob is "
+        "checked against its digest; finished blobs are kept in the store, so an interrupted "
+        "pull resumes. SOURCE the name of a pulled appimg: pull again from its reference. "
+        "Nothing is pulled when the registry's digest is the one pulled last.",
+        (
+            Arg(
+                "source",
+                "a registry reference, or the name of a pulled appimg",
+                optional=True,
+                metavar="REF|NAME",
+            ),
+            Arg("--name", "the appimg to pull into (default: the reference's last path part)"),
+            Arg(
+                "--platform",
+                "OS/ARCH[/VARIANT] to pick from a multi-platform image (default: this host's)",
+            ),
+            Arg("--all", "pull again every appimg whose reference has moved", flag=True),
+            TLS_VERIFY,
+        ),
+    ),
+    Command(
+        ("appimg", "push"),
+        "push a version to an OCI registry: a tree as a container image, an image as an artifact",
+        "appimg_handlers.push",
+        "Push a version of appimg NAME (default: the current one) to REF. A tree version "
+        "becomes an OCI image that podman, docker and skopeo run; when its parent version was "
+        "pushed to the same repository, only a layer of the changed files is added to the "
+        "parent's layers. A block or sealed version becomes an OCI artifact holding its image "
+        "file (with its signature), plus deltas against the two versions pushed before it. "
+        "Blobs the registry has are not sent again.",
+        (
+            NAME_APPIMG,
+            Arg("ref", "HOST[:PORT]/PATH[:TAG] (default tag: vN, the version's number)"),
+            VERSION_OPTION,
+            TLS_VERIFY,
+        ),
+    ),
+    Command(
+        ("appimg", "outdated"),
+        "list pulled appimgs whose registry reference now names another image",
+        "appimg_handlers.outdated",
+        "Ask each pulled appimg's registry for the digest its reference names now, and list "
+        "those that moved ('realms appimg pull --all' pulls them).",
+        (JSON,),
+    ),
+    Group(
+        ("registry",),
+        "log in to OCI registries",
+        "Credentials for OCI registries, kept where podman, skopeo and docker keep them.",
+    ),
+    Command(
+        ("registry", "login"),
+        "check and keep credentials for a registry",
+        "registry_handlers.login",
+        "Check USERNAME and the password read from standard input against registry HOST, then "
+        "keep them in ${XDG_RUNTIME_DIR}/containers/auth.json (or $REGISTRY_AUTH_FILE), as "
+        "podman login does. Without --username, ask on the terminal.",
+        (
+            Arg("host", "HOST[:PORT]"),
+            Arg("--username", metavar="USER"),
+            Arg("--password-stdin", "read the password from standard input", flag=True),
+            TLS_VERIFY,
+        ),
+    ),
+    Command(
+        ("registry", "logout"),
+        "forget the credentials kept for a registry",
+        "registry_handlers.logout",
+        args=(Arg("host", "HOST[:PORT]"),),
     ),
     Group(
         ("key",),

@@ -15,6 +15,8 @@ Layout of a store (default ``/var/lib/realms``)::
     active/APPIMG.vN        where block and sealed versions are mounted (activations)
     build/                  trees of builds that run now (.new.NAME.RANDOM)
     cache/packages/RELEASE  downloaded .deb files; cache/builds/KEY finished builds
+    cache/blobs/sha256/HEX  registry blobs whose digest was checked (pull, push);
+    cache/blobs/partial/    blob downloads under way, resumed by the next pull
     logs/                   build logs
     keys/                   trust.toml and signing/CHANNEL.key (mode 0700)
     locks/                  the lock files below (mode 0700)
@@ -261,6 +263,21 @@ class Layout:
     @property
     def build_cache_dir(self) -> Path:
         return self.cache_dir / "builds"
+
+    @property
+    def blob_cache_dir(self) -> Path:
+        """Registry blobs (layers, image files, deltas), kept to resume and reuse transfers."""
+        return self.cache_dir / "blobs"
+
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob ``sha256:HEX`` is kept once its digest was checked. The caller
+        checked ``digest`` (realms.registry.reference.check_digest)."""
+        algorithm, _, hexdigest = digest.partition(":")
+        return self.blob_cache_dir / algorithm / hexdigest
+
+    def blob_partial_path(self, digest: str) -> Path:
+        """Where a download of the blob ``digest`` is written until it is complete and checked."""
+        return self.blob_cache_dir / "partial" / digest.replace(":", "-")
 
     def packages_dir(self, release: str) -> Path:
         return self.cache_dir / "packages" / release
