@@ -14,8 +14,11 @@ cd "$(dirname "$(readlink -f "$0")")"
 PACKAGES=(btrfs-progs systemd-container mmdebstrap debootstrap busybox-static zstd xz-utils
           tar util-linux e2fsprogs erofs-utils cryptsetup-bin python3-venv)
 # The tests boot Debian's kernel in QEMU to check sealed images against the real dm-verity, build
-# a static setuid program for the attacks of a host user (gcc, libc6-dev), and watch processes.
-[ "${EXTRAS:-}" = test ] && PACKAGES+=(qemu-system-x86 kmod gcc libc6-dev strace procps)
+# a static setuid program for the attacks of a host user (gcc, libc6-dev), and watch processes;
+# the registry tests check that podman, skopeo, buildah and umoci read what realms pushes and
+# that realms reads what they make (the registry server itself is unpacked by the tests).
+[ "${EXTRAS:-}" = test ] && PACKAGES+=(qemu-system-x86 kmod gcc libc6-dev strace procps
+                                       skopeo umoci podman buildah runc)
 REPO=$PWD
 STAMP=.venv/.installed
 realms() { "$REPO/.venv/bin/realms" "$@"; }
