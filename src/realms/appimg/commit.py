@@ -71,6 +71,10 @@ class NewVersion:
     measure: bool = True
     """Record a tree's size (``du``, which walks it): not for updates, whose commit must not
     take longer for a larger tree."""
+    source: dict[str, str] | None = None
+    """A pulled version's ``{"ref", "digest"}`` (see Version.source)."""
+    image_digest: str | None = None
+    """An image version's ``sha256:HEX``, where it is known (see Version.image_digest)."""
 
 
 def reserve(store: Store, name: str) -> int:
@@ -123,6 +127,7 @@ def commit(
 def _version(record: AppimgRecord, new: NewVersion) -> Version:
     number = new.number if new.number is not None else record.next_number()
     version = Version(number, new.kind, now(), new.origin, new.detail, build_key=new.build_key)
+    version.source, version.image_digest = new.source, new.image_digest
     version.parent = new.parent if new.parent is not None else record.current
     if new.changes is not None:
         version.written, version.files_changed = new.changes.written, new.changes.files
@@ -133,6 +138,7 @@ def _create(store: Store, name: str, place: Callable[[Path], None], new: NewVers
     """A new appimg: its directory, version 1 and its record are staged together and renamed
     into place at once. The caller holds the appimg's lock."""
     version = Version(1, new.kind, now(), new.origin, new.detail, build_key=new.build_key)
+    version.source, version.image_digest = new.source, new.image_digest
     record = AppimgRecord(name, 1)
     with store.staging(store.appimg_dir(name), f"appimg {name!r}") as staged:
         staged.mkdir(mode=0o755)
