@@ -222,6 +222,9 @@ def pull(call: Call) -> int:
         pull_all=pull_all,
         tls_verify=tls_verify(call),
     )
+    if call.json:
+        output.print_json([result.to_json() for result in results])
+        return 0
     for result in results:
         if result.version is None:
             log.note(f"Appimg {result.name} is up to date with {result.ref} ({result.digest})")
@@ -243,6 +246,9 @@ def push(call: Call) -> int:
         version=call.maybe_number("version"),
         tls_verify=tls_verify(call),
     )
+    if call.json:
+        output.print_json(result.to_json())
+        return 0
     reused = f", {result.blobs_reused} blobs already there" if result.blobs_reused else ""
     deltas = (
         f", deltas against versions {', '.join(map(str, result.deltas))}" if result.deltas else ""

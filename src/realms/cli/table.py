@@ -330,6 +330,7 @@ COMMANDS: tuple[Group | Command, ...] = (
             ),
             Arg("--all", "pull again every appimg whose reference has moved", flag=True),
             TLS_VERIFY,
+            JSON,
         ),
     ),
     Command(
@@ -347,6 +348,7 @@ COMMANDS: tuple[Group | Command, ...] = (
             Arg("ref", "HOST[:PORT]/PATH[:TAG] (default tag: vN, the version's number)"),
             VERSION_OPTION,
             TLS_VERIFY,
+            JSON,
         ),
     ),
     Command(
