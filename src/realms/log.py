@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -182,3 +183,104 @@ def progress(title: str, total: int, unit: str = "bytes") -> Iterator[ProgressBa
         task = bar.add_task(title, total=total)
         yield _RichBar(bar, task, title)
     _say(f"[+]: {title}: done ({time.monotonic() - started:.1f}s)")
+
+
+# Several transfers at once (registry blobs): one bar each on a terminal, a line each elsewhere.
+
+_lines = threading.Lock()
+
+
+class Transfer(Protocol):
+    def advance(self, amount: int) -> None: ...
+
+    def done(self, ok: bool) -> None:
+        """The transfer ended (``ok``: completely); its bar goes, and a finished one leaves a
+        line with its time and rate."""
+
+
+class Transfers(Protocol):
+    def start(self, title: str, total: int, completed: int = 0) -> Transfer:
+        """A transfer of ``total`` bytes, ``completed`` of them already there (a resume)."""
+
+
+def _rate(amount: int, seconds: float) -> str:
+    from realms.units import format_size
+
+    return f"{format_size(amount)}, {format_size(int(amount / max(seconds, 0.001)))}/s"
+
+
+class _LineTransfer:
+    def __init__(self, title: str) -> None:
+        self._title = title
+        self._started = time.monotonic()
+        self._amount = 0
+
+    def advance(self, amount: int) -> None:
+        self._amount += amount
+
+    def done(self, ok: bool) -> None:
+        if ok:
+            elapsed = time.monotonic() - self._started
+            with _lines:
+                _say(f"[+]: {self._title}: done ({elapsed:.1f}s, {_rate(self._amount, elapsed)})")
+
+
+class _LineTransfers:
+    def start(self, title: str, total: int, completed: int = 0) -> Transfer:
+        return _LineTransfer(title)
+
+
+class _RichTransfer(_LineTransfer):
+    def __init__(self, progress: Progress, title: str, total: int, completed: int) -> None:
+        super().__init__(title)
+        self._progress = progress
+        self._task = progress.add_task(title, total=total, completed=completed)
+
+    def advance(self, amount: int) -> None:
+        super().advance(amount)
+        self._progress.update(self._task, advance=amount)
+
+    def done(self, ok: bool) -> None:
+        self._progress.remove_task(self._task)
+        if ok and _verbosity > QUIET:
+            elapsed = time.monotonic() - self._started
+            line = f"[+]: {self._title}: done ({elapsed:.1f}s, {_rate(self._amount, elapsed)})"
+            self._progress.console.print(line, markup=False, highlight=False)
+
+
+class _RichTransfers:
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+
+    def start(self, title: str, total: int, completed: int = 0) -> Transfer:
+        return _RichTransfer(self._progress, title, total, completed)
+
+
+@contextmanager
+def transfers() -> Iterator[Transfers]:
+    """Bars for transfers that run at once, from several threads: one bar each (bytes, rate)
+    on a terminal, a line each with its time and rate when it ends elsewhere."""
+    if _verbosity <= QUIET or not sys.stderr.isatty():
+        yield _LineTransfers()
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    _close_open_step()
+    with Progress(
+        TextColumn("[+]: {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        yield _RichTransfers(bar)
