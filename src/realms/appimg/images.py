@@ -164,9 +164,19 @@ def _check_matches_record(path: Path, version: Version) -> list[Check]:
     return []
 
 
-def import_image(store: Store, name: str, source: Path, *, new_version: bool = False) -> Version:
+def import_image(
+    store: Store,
+    name: str,
+    source: Path,
+    *,
+    new_version: bool = False,
+    pulled: dict[str, str] | None = None,
+    image_digest: str | None = None,
+) -> Version:
     """Import a block or sealed image file (a Citadel RealmFS image included) after checking
     all of it; a sealed image must be signed by a trusted, unrevoked key of its channel.
+    ``pulled``: the file came from a registry (realms.registry.artifact), the version's source
+    ``{"ref", "digest"}``; it is added to the appimg, or makes it.
 
     The header and signature are checked on ``source`` first (nothing more is read from a
     file that fails them); every block is checked on the copy in the store, before it is
@@ -192,6 +202,10 @@ def import_image(store: Store, name: str, source: Path, *, new_version: bool = F
         if signer(checks) != signer(first) or copied.metainfo.sealed != (kind == ImageKind.SEALED):
             raise InvalidInput(f"{source}: the file changed while it was imported")
 
+    if pulled is not None:
+        detail = f"{pulled.get('ref')} ({signer(first)})"
+        new = NewVersion(kind, VersionOrigin.PULL, detail, source=pulled, image_digest=image_digest)
+        return commit(store, name, copy_to, new)
     new = NewVersion(kind, VersionOrigin.IMPORT, f"{source.resolve()} ({signer(first)})")
     return commit(store, name, copy_to, new, mode="add" if new_version else "create")
 
