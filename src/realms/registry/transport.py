@@ -367,6 +367,8 @@ class Transport:
     def _learn(self, challenge: Challenge, repository: str, scopes: tuple[str, ...]) -> None:
         with self._lock:
             self._challenge = challenge
+            # Credentials kept since they were read (a login meanwhile) count from now on.
+            self._credentials.clear()
             if challenge.scheme == "bearer":
                 extra = challenge.params.get("scope", "").split()
                 wanted = tuple(sorted({*scopes, *extra}))
