@@ -14,7 +14,7 @@ import os
 import subprocess
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -64,10 +64,11 @@ class _Drained:
 
 
 @contextmanager
-def _extractor(target: Path, what: str) -> Iterator[IO[bytes]]:
-    """A pipe into ``tar --extract`` into the existing empty directory ``target``; the tar
-    stream written to it is extracted when the block ends."""
-    argv = [*_EXTRACT, f"--directory={target}"]
+def extractor(target: Path, what: str, options: Sequence[str] = ()) -> Iterator[IO[bytes]]:
+    """A pipe into ``tar --extract`` (with more ``options``) into the existing directory
+    ``target`` (empty, or for an OCI layer the tree of the layers below); the tar stream
+    written to it is extracted when the block ends."""
+    argv = [*_EXTRACT, *options, f"--directory={target}"]
     process = popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     stdin, stderr_pipe = process.stdin, process.stderr
     assert stdin and stderr_pipe
@@ -106,7 +107,7 @@ def _extractor(target: Path, what: str) -> Iterator[IO[bytes]]:
         raise RealmsError(f"extracting {what} failed: tar stopped early; nothing was imported")
 
 
-def _warn_devices(summary: Summary, what: str) -> None:
+def warn_devices(summary: Summary, what: str) -> None:
     if summary.devices:
         nodes = "node" if summary.devices == 1 else "nodes"
         log.warn(
@@ -123,7 +124,7 @@ def extract(path: Path, compression: Compression, target: Path) -> Summary:
     kind = _kind(compression)
     with (
         log.progress(f"Importing {path.name}", total) as bar,
-        _extractor(target, path.name) as sink,
+        extractor(target, path.name) as sink,
     ):
         try:
             with decompressed(path, compression, bar) as stream:
@@ -132,7 +133,7 @@ def extract(path: Path, compression: Compression, target: Path) -> Summary:
             raise InvalidInput(
                 f"{path.name}: not a valid {kind} ({error}); nothing was imported"
             ) from None
-    _warn_devices(summary, path.name)
+    warn_devices(summary, path.name)
     return summary
 
 
@@ -158,7 +159,7 @@ def copy_directory(source: Path, target: Path) -> Summary:
         assert stdout and stderr_pipe
         errors = _Drained(stderr_pipe)
         try:
-            with _extractor(target, str(source)) as sink:
+            with extractor(target, str(source)) as sink:
                 summary = rewrite(stdout, sink, str(source), "copy of the directory")
             returncode = process.wait()
         finally:
@@ -172,7 +173,7 @@ def copy_directory(source: Path, target: Path) -> Summary:
         check_exit(argv, returncode, stderr)
     except CommandFailed as error:
         raise RealmsError(f"reading {source} failed: {error}; nothing was imported") from None
-    _warn_devices(summary, str(source))
+    warn_devices(summary, str(source))
     return summary
 
 

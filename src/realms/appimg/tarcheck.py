@@ -15,6 +15,10 @@ the archive is damaged: a bad or truncated header anywhere (also after the first
 tarfile alone would silently stop), or anything but zero padding after the end-of-archive marker.
 Character and block device nodes are not stored (a realm gets its /dev from systemd-nspawn):
 they are skipped, and counted in :attr:`Summary.devices` for one warning line.
+
+What the tree already holds is the :class:`Checker`'s to know: by default nothing but the
+archive's own entries; :mod:`realms.registry.layers` subclasses it for OCI layers applied onto
+the tree of the layers below.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import struct
 import tarfile
 import zlib
 from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 from realms.appimg.compression import CHUNK
 from realms.errors import InvalidInput
@@ -33,9 +37,11 @@ from realms.errors import InvalidInput
 BLOCKSIZE = tarfile.BLOCKSIZE
 
 
-class _Refused(Exception):
+class Refused(Exception):
+    """An entry that is not written: the archive is refused (raised by a checker)."""
+
     def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"{_shown(name)}: {reason}")
+        super().__init__(f"{shown(name)}: {reason}")
 
 
 class _Damaged(Exception):
@@ -67,7 +73,7 @@ _KEPT_PAX = ("SCHILY.xattr.", "SCHILY.acl.access", "SCHILY.acl.default")
 _ZEROS = bytes(CHUNK)
 
 
-def _shown(name: str) -> str:
+def shown(name: str) -> str:
     """A name as an error shows it: quoted, and cut when it is long."""
     if len(name) <= _SHOWN_MAX:
         return repr(name)
@@ -161,19 +167,19 @@ class Summary:
     """Character and block device nodes skipped (hard links to them included)."""
 
 
-def _normal(name: str) -> str:
-    """The entry's path relative to the tree's root ("" for the root), or _Refused."""
+def normal(name: str) -> str:
+    """The entry's path relative to the tree's root ("" for the root), or Refused."""
     if "\0" in name:
-        raise _Refused(name, "a NUL byte in the name")
+        raise Refused(name, "a NUL byte in the name")
     if name.startswith("/"):
-        raise _Refused(name, "absolute path")
+        raise Refused(name, "absolute path")
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise _Refused(name, "path with a '..' component")
+        raise Refused(name, "path with a '..' component")
     return "/".join(parts)
 
 
-def _through_symlink(path: str, symlinks: set[str]) -> str | None:
+def through_symlink(path: str, symlinks: set[str]) -> str | None:
     """The archive's symlink that ``path`` would be written through, if any."""
     parts = path.split("/")
     for depth in range(1, len(parts)):
@@ -183,8 +189,17 @@ def _through_symlink(path: str, symlinks: set[str]) -> str | None:
     return None
 
 
-class _Checker:
-    """What the entries so far have made of the tree, to check the next one against."""
+class Sink(Protocol):
+    """Where :func:`rewrite` writes the checked stream (a pipe into tar, usually)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+class Checker:
+    """What the entries so far have made of the tree, to check the next one against.
+
+    A subclass may know more of the tree (the layers below an OCI layer): it overrides
+    :meth:`via_symlink` and :meth:`check_link`, and may wrap :meth:`check`."""
 
     def __init__(self) -> None:
         self.symlinks: set[str] = set()
@@ -194,16 +209,16 @@ class _Checker:
         self.read = 0
 
     def check(self, member: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        """The entry to write for ``member`` (None: skip a device node), or _Refused."""
+        """The entry to write for ``member`` (None: skip a device node), or Refused."""
         self.read += 1
-        path = _normal(member.name)
-        via = _through_symlink(path, self.symlinks)
+        path = normal(member.name)
+        via = self.via_symlink(path)
         if via is not None:
-            raise _Refused(member.name, f"would be written through the symbolic link {via!r}")
+            raise Refused(member.name, f"would be written through the symbolic link {via!r}")
         if not path and not member.isdir():
-            raise _Refused(member.name, "the root of the tree is not a directory")
+            raise Refused(member.name, "the root of the tree is not a directory")
         entry = self._entry(member, path)
-        target = _normal(member.linkname) if member.islnk() else ""
+        target = normal(member.linkname) if member.islnk() else ""
         if member.ischr() or member.isblk() or (member.islnk() and target in self.devices):
             # Not stored, so nothing of what the tree was at ``path`` changes.
             self.devices.add(path)
@@ -211,27 +226,18 @@ class _Checker:
             return None
         self.devices.discard(path)
         if member.islnk():
-            via = _through_symlink(target, self.symlinks)
-            if via is not None:
-                raise _Refused(member.name, f"hard link through the symbolic link {via!r}")
-            if target not in self.files:
-                raise _Refused(
-                    member.name,
-                    f"hard link to {_shown(member.linkname)}, which is not earlier in the archive",
-                )
-            if target in self.symlinks:
-                self.symlinks.add(path)
+            self.check_link(member, path, target)
             entry.type, entry.linkname = tarfile.LNKTYPE, target
             self.files.add(path)
         elif member.issym():
             if not member.linkname or "\0" in member.linkname:
-                raise _Refused(member.name, "a symbolic link to an empty name or with a NUL byte")
+                raise Refused(member.name, "a symbolic link to an empty name or with a NUL byte")
             entry.type, entry.linkname = tarfile.SYMTYPE, member.linkname
             self.symlinks.add(path)
             self.files.add(path)
         elif member.isreg() or member.isfifo():
             if member.size < 0:
-                raise _Refused(member.name, f"a negative size ({member.size})")
+                raise Refused(member.name, f"a negative size ({member.size})")
             entry.type = tarfile.REGTYPE if member.isreg() else tarfile.FIFOTYPE
             entry.size = member.size if member.isreg() else 0
             # tar unlinks the symlink before writing the file: nothing goes through it any more.
@@ -241,20 +247,39 @@ class _Checker:
             entry.type = tarfile.DIRTYPE
             self.files.discard(path)
         else:
-            raise _Refused(member.name, f"unsupported entry type {member.type!r}")
+            raise Refused(member.name, f"unsupported entry type {member.type!r}")
         return entry
+
+    def via_symlink(self, path: str) -> str | None:
+        """The symbolic link (of the tree, as far as it is known) that ``path`` would be
+        written through, if any."""
+        return through_symlink(path, self.symlinks)
+
+    def check_link(self, member: tarfile.TarInfo, path: str, target: str) -> None:
+        """Refuse the hard link ``path`` to ``target`` unless the target is a file of the
+        tree reached through no symbolic link; ``path`` is a symbolic link if it is."""
+        via = self.via_symlink(target)
+        if via is not None:
+            raise Refused(member.name, f"hard link through the symbolic link {via!r}")
+        if target not in self.files:
+            raise Refused(
+                member.name,
+                f"hard link to {shown(member.linkname)}, which is not earlier in the archive",
+            )
+        if target in self.symlinks:
+            self.symlinks.add(path)
 
     @staticmethod
     def _entry(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
         for what, value in (("owner", member.uid), ("group", member.gid)):
             if not 0 <= value <= _ID_MAX:
-                raise _Refused(member.name, f"an impossible numeric {what} ({value})")
+                raise Refused(member.name, f"an impossible numeric {what} ({value})")
         mtime = member.mtime
         if (
             not (isinstance(mtime, int) or math.isfinite(mtime))
             or not -_MTIME_MAX < mtime < _MTIME_MAX
         ):
-            raise _Refused(member.name, f"an impossible modification time ({mtime})")
+            raise Refused(member.name, f"an impossible modification time ({mtime})")
         entry = tarfile.TarInfo(path or ".")
         entry.mode = member.mode & 0o7777
         entry.uid, entry.gid = member.uid, member.gid
@@ -268,22 +293,27 @@ class _Checker:
             try:
                 keyword.encode("utf-8")  # tarfile writes keywords as strict UTF-8
             except UnicodeEncodeError:
-                raise _Refused(
-                    member.name, f"a pax keyword that is not UTF-8: {_shown(keyword)}"
+                raise Refused(
+                    member.name, f"a pax keyword that is not UTF-8: {shown(keyword)}"
                 ) from None
             if not keyword.isprintable():
-                raise _Refused(member.name, f"an unprintable pax keyword {_shown(keyword)}")
+                raise Refused(member.name, f"an unprintable pax keyword {shown(keyword)}")
         entry.pax_headers = kept
         return entry
 
 
 def rewrite(
-    source: IO[bytes], sink: IO[bytes] | None, name: str = "archive", kind: str = "tar archive"
+    source: IO[bytes],
+    sink: Sink | None,
+    name: str = "archive",
+    kind: str = "tar archive",
+    checker: Checker | None = None,
 ) -> Summary:
     """Read the tar stream ``source``, check every entry, and write the accepted entries to
     ``sink`` as a fresh POSIX tar stream (see the module docstring); raise InvalidInput, naming
-    the archive ``name``, if an entry is unsafe or the archive is damaged or empty."""
-    checker = _Checker()
+    the archive ``name``, if an entry is unsafe or the archive is damaged or empty. ``checker``
+    (a fresh :class:`Checker` by default) decides each entry."""
+    checker = Checker() if checker is None else checker
     entries = size = 0
     written = 0
     try:
@@ -318,7 +348,7 @@ def rewrite(
             while chunk := stream.read(CHUNK):
                 if chunk != _ZEROS[: len(chunk)]:
                     raise _Damaged("data after the end of the archive")
-    except _Refused as refused:
+    except Refused as refused:
         raise InvalidInput(
             f"{name}: refusing unsafe entry {refused}; nothing was imported"
         ) from None
@@ -388,7 +418,7 @@ def _ustar(entry: tarfile.TarInfo) -> bytes | None:
     return bytes(header)
 
 
-def _write(sink: IO[bytes] | None, data: bytes) -> int:
+def _write(sink: Sink | None, data: bytes) -> int:
     if sink is not None:
         try:
             sink.write(data)
@@ -397,7 +427,7 @@ def _write(sink: IO[bytes] | None, data: bytes) -> int:
     return len(data)
 
 
-def _copy_data(archive: tarfile.TarFile, member: tarfile.TarInfo, sink: IO[bytes] | None) -> int:
+def _copy_data(archive: tarfile.TarFile, member: tarfile.TarInfo, sink: Sink | None) -> int:
     data = archive.extractfile(member)
     assert data is not None
     left = member.size
