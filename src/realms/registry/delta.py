@@ -28,8 +28,10 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import signal
 import struct
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,7 +178,10 @@ def apply_delta(
     fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         os.lseek(fd, HEADER_SIZE, os.SEEK_SET)
-        _unpatch(delta, base, fd, limit=data_end, memory=base_size + data_end)
+        try:
+            _unpatch(delta, base, fd, limit=data_end, memory=base_size + data_end)
+        except InvalidInput as error:
+            raise InvalidInput(f"the delta does not apply: {error.message}") from None
         if os.fstat(fd).st_size != data_end:
             raise InvalidInput("the delta's data area is shorter than its header says")
         header = parse_header(info.header)
@@ -201,28 +206,29 @@ def apply_delta(
 
 
 def _unpatch(delta: Path, base: Path, fd: int, *, limit: int, memory: int) -> None:
-    """Run zstd on the patch of ``delta`` with ``base`` as its dictionary, writing to ``fd``
-    at its position; zstd dies (SIGXFSZ) if it would write past ``limit``."""
+    """Write the data area the patch in ``delta`` makes from ``base`` to ``fd``."""
+    megabytes = min(memory, WINDOW_LIMIT) // (1 << 20) + 1
+    options = ["--long=31", f"--memory={megabytes}MB", f"--patch-from={base}"]
+    unzstd(delta, fd, limit=limit, options=options, skip=PREFIX_SIZE)
+
+
+def unzstd(source: Path, fd: int, *, limit: int, options: Sequence[str], skip: int = 0) -> None:
+    """Decompress ``source`` (from byte ``skip``) with zstd into the open file ``fd`` at its
+    position; InvalidInput when zstd fails, or would make the file larger than ``limit``
+    (RLIMIT_FSIZE: zstd dies of SIGXFSZ before a zstd bomb fills the disk)."""
 
     def bound() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    megabytes = min(memory, WINDOW_LIMIT) // (1 << 20) + 1
-    argv: list[str | Path] = [
-        "zstd",
-        "-q",
-        "-d",
-        "-c",
-        "--long=31",
-        f"--memory={megabytes}MB",
-        f"--patch-from={base}",
-    ]
-    with open(delta, "rb") as patch:
-        patch.seek(PREFIX_SIZE)
-        process = popen(argv, stdin=patch, stdout=fd, stderr=subprocess.PIPE, setup=bound)
+    argv = ["zstd", "-q", "-d", "-c", *options]
+    with open(source, "rb") as compressed:
+        compressed.seek(skip)
+        process = popen(argv, stdin=compressed, stdout=fd, stderr=subprocess.PIPE, setup=bound)
         _, stderr = process.communicate()
+    if process.returncode == -signal.SIGXFSZ:
+        raise InvalidInput(f"it decompresses to more than the {limit} bytes it should")
     try:
         check_exit(argv, process.returncode, stderr)
     except CommandFailed as error:
-        raise InvalidInput(f"the delta does not apply: {error.message}") from None
+        raise InvalidInput(f"it does not decompress: {error.message}") from None
