@@ -368,13 +368,27 @@ def test_root_opaque_marker_keeps_only_this_layer(tmp_path: Path) -> None:
 
 def test_a_deletion_waits_for_a_pending_hard_link(tmp_path: Path) -> None:
     """A hard link to a file below, then a whiteout of that file's directory: the link is
-    made (tar finishes) before the directory goes."""
+    made (tar finishes) before the directory goes; a directory the first tar gave its time,
+    which the second tar writes into, gets its time back."""
+    lower = layer(directory("a/"), file("a/f", b"linked\n"), directory("k/"))
+    upper = layer(
+        directory("k/", mtime=MTIME + 5),
+        hardlink("g", "a/f"),
+        whiteout(".wh.a"),
+        file("h"),
+        file("k/late"),
+    )
     tree = _tree(tmp_path / "tree")
-    apply(layer(directory("a/"), file("a/f", b"linked\n")), tree)
-    summary = apply(layer(hardlink("g", "a/f"), whiteout(".wh.a"), file("h")), tree)
+    apply(lower, tree)
+    summary = apply(upper, tree)
     assert summary.extractions == 2
-    assert sorted(os.listdir(tree)) == ["g", "h"]
+    assert sorted(os.listdir(tree)) == ["g", "h", "k"]
     assert (tree / "g").read_text() == "linked\n"
+    assert int(os.lstat(tree / "k").st_mtime) == MTIME + 5
+
+    unpacked = _umoci_unpack([lower, upper], tmp_path / "umoci")
+    assert tree_manifest(tree, mtimes=True) == tree_manifest(unpacked, mtimes=True)
+    assert _directory_times(tree) == _directory_times(unpacked)
 
 
 def test_a_directory_of_the_layer_replaced_by_a_file(tmp_path: Path) -> None:

@@ -181,6 +181,18 @@ class _Tree:
         finally:
             os.close(fd)
 
+    def set_mtime(self, path: str, mtime: float) -> None:
+        """Set the modification time of the directory ``path`` (if it still is one)."""
+        try:
+            fd = self.open_directory(path)
+        except Refused:
+            return
+        if fd is not None:
+            try:
+                os.utime(fd, ns=(os.stat(fd).st_atime_ns, round(mtime * 1_000_000_000)))
+            finally:
+                os.close(fd)
+
     @staticmethod
     def _unlink(fd: int, name: str) -> bool:
         try:
@@ -272,6 +284,8 @@ class _LayerChecker(Checker):
         self._linked: set[str] = set()
         """Files of the layers below that hard links sent to the running tar point to."""
         self.whiteouts = 0
+        self._directory_times: dict[str, float] = {}
+        """The times of this layer's directories, set again when more than one tar ran."""
 
     def check(self, member: tarfile.TarInfo) -> tarfile.TarInfo | None:
         path = normal(member.name)
@@ -288,6 +302,8 @@ class _LayerChecker(Checker):
         if entry is None:
             return None
         is_directory = entry.type == tarfile.DIRTYPE
+        if is_directory:
+            self._directory_times[path] = entry.mtime
         if was_directory and not is_directory:
             # This layer's own directory, whose entries tar may still be writing.
             self._end_tar()
@@ -374,6 +390,15 @@ class _LayerChecker(Checker):
         below = path + "/"
         for paths in (self.upper, self.files, self.symlinks, self.devices):
             paths.difference_update([p for p in paths if p.startswith(below)])
+        for gone in [p for p in self._directory_times if p.startswith(below)]:
+            del self._directory_times[gone]
+        self._directory_times.pop(path, None)
+
+    def restore_directory_times(self) -> None:
+        """After more than one tar: a later one wrote into directories an earlier one had
+        already given their times."""
+        for path, mtime in self._directory_times.items():
+            self._tree.set_mtime(path, mtime)
 
 
 class _Prefixed:
@@ -421,6 +446,8 @@ def apply_layer(stream: IO[bytes], tree: Path, name: str) -> LayerSummary:
             tar.end(error)
             raise
         tar.end(ended=True)
+        if tar.runs > 1:
+            checker.restore_directory_times()
     finally:
         lower.close()
     warn_devices(summary, name)
