@@ -105,6 +105,14 @@ def change(version: Version) -> str:
     return f"{files} file{'' if files == 1 else 's'}, {format_size(version.written)}"
 
 
+def made_from(version: Version) -> str:
+    """FROM: what the version was made from; a pulled one adds its manifest's short digest."""
+    source = version.source or {}
+    if "digest" in source:
+        return f"{source.get('ref', version.detail)} ({source['digest'][:19]})"
+    return version.detail
+
+
 def versions(record: AppimgRecord) -> None:
     rows = [
         [
@@ -115,7 +123,7 @@ def versions(record: AppimgRecord) -> None:
             format_size(v.size) if v.size is not None else "-",
             change(v),
             _yes(v.pinned),
-            v.detail,
+            made_from(v),
         ]
         for v in record.versions
     ]

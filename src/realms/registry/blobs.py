@@ -37,6 +37,7 @@ from typing import IO
 
 from realms import log
 from realms.errors import InvalidInput, RealmsError
+from realms.faults import checkpoint
 from realms.registry.client import Repository
 from realms.registry.manifest import Descriptor
 from realms.store.layout import Layout
@@ -191,6 +192,9 @@ class _Fetch:
                         )
                     handle.write(chunk)
                     hasher.update(chunk)
+                    if length < size // 2 <= length + len(chunk):
+                        handle.flush()
+                        checkpoint("blob:half")
                     length += len(chunk)
                     received += len(chunk)
                     bar.advance(len(chunk))

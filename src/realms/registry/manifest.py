@@ -52,13 +52,11 @@ LAYER_TYPES = {
     "application/vnd.oci.image.layer.v1.tar": "none",
     "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
     "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
 }
-"""The layer media types of a container image, and their compression."""
+"""The layer media types of a container image, and their compression (those that
+:func:`realms.registry.layers.open_layer` reads: the deprecated non-distributable and foreign
+layers are not in the registry anyway)."""
 
 CONFIG_LIMIT = 4 * 1024 * 1024
 """The largest image config read (as containers/image)."""
