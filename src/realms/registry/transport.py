@@ -275,9 +275,9 @@ class Transport:
         if not self.insecure:
             return https
         try:
-            response = self.session.get(f"{https}/v2/", timeout=TIMEOUT, stream=True)
+            response = self.session.get(f"{https}/v2/", timeout=TIMEOUT, stream=True, verify=False)
         except requests.RequestException as error:
-            log.debug(f"{self.host}: no HTTPS ({type(error).__name__}), trying HTTP")
+            log.debug(f"{self.host}: no HTTPS ({type(error).__name__}: {error}), trying HTTP")
         else:
             self._note_challenge(response)
             response.close()
@@ -303,7 +303,8 @@ class Transport:
     ) -> requests.Response:
         """One request with the retries for 429, 5xx and lost connections; the last answer."""
         verified = not self.insecure if verified is None else verified
-        kwargs = {"timeout": TIMEOUT, "stream": True, **kwargs}
+        # verify on every request: a session's verify=False loses to $REQUESTS_CA_BUNDLE.
+        kwargs = {"timeout": TIMEOUT, "stream": True, "verify": not self.insecure, **kwargs}
         for attempt in range(1, TRIES + 1):
             try:
                 response = self.session.request(method, url, **kwargs)
