@@ -25,6 +25,7 @@ from urllib.parse import urljoin
 
 import requests
 
+from realms import log
 from realms.errors import InvalidInput, NotFound
 from realms.registry.reference import (
     Reference,
@@ -33,6 +34,7 @@ from realms.registry.reference import (
     parse_reference,
 )
 from realms.registry.transport import (
+    RETRY_STATUSES,
     RegistryError,
     Transport,
     error_for,
@@ -265,16 +267,42 @@ class Repository:
         digest = check_digest(digest)
         if isinstance(data, Path):
             with data.open("rb") as handle:
-                self._upload(digest, handle, size, on_progress)
+                self._upload_again_if_cut(digest, handle, size, on_progress)
         else:
-            self._upload(digest, data, size, on_progress)
+            self._upload_again_if_cut(digest, data, size, on_progress)
 
-    def _upload(
+    def _upload_again_if_cut(
         self,
         digest: str,
         data: IO[bytes],
         size: int,
         on_progress: Callable[[int], None] | None,
+    ) -> None:
+        """An upload that fails after the transport's retries starts once more from the
+        beginning when ``data`` can be read again: a registry that wrote part of a chunk does
+        not resume that upload (Distribution drops it). Progress is reported once per byte."""
+        origin = data.tell() if data.seekable() else None
+        reached = 0
+
+        def report(position: int) -> None:
+            nonlocal reached
+            if on_progress is not None and position > reached:
+                on_progress(position - reached)
+            reached = max(reached, position)
+
+        for attempt in (1, 2):
+            try:
+                self._upload(digest, data, size, report)
+                return
+            except RegistryError as error:
+                again = error.status is None or error.status in (404, 416, *RETRY_STATUSES)
+                if attempt == 2 or origin is None or not again:
+                    raise
+                log.debug(f"{error.message}; the upload starts again")
+                data.seek(origin)
+
+    def _upload(
+        self, digest: str, data: IO[bytes], size: int, report: Callable[[int], None]
     ) -> None:
         subject = f"upload of blob {digest} to {self.name}"
         url = f"/v2/{self.name}/blobs/uploads/"
@@ -288,8 +316,7 @@ class Repository:
                 chunk = _read_exactly(data, min(UPLOAD_CHUNK, size - sent), subject)
                 location = self._patch(location, chunk, sent, subject)
                 sent += len(chunk)
-                if on_progress is not None:
-                    on_progress(len(chunk))
+                report(sent)
             body = b""
         else:
             body = _read_exactly(data, size, subject)
@@ -300,8 +327,7 @@ class Repository:
         ) as response:
             if response.status_code not in (201, 204):
                 raise error_for(self.host, response, subject)
-        if body and on_progress is not None:
-            on_progress(len(body))
+        report(size)
 
     def _patch(self, location: str, chunk: bytes, start: int, subject: str) -> str:
         """Send one chunk of an upload from byte ``start``; the next upload URL."""
