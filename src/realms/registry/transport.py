@@ -94,10 +94,14 @@ def read_body(response: requests.Response, limit: int) -> bytes | None:
     if length.isdigit() and int(length) > limit:
         return None
     body = bytearray()
-    for chunk in response.iter_content(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            return None
+    try:
+        for chunk in response.iter_content(64 * 1024):
+            body += chunk
+            if len(body) > limit:
+                return None
+    except requests.RequestException as error:
+        host = urlsplit(response.url).netloc
+        raise RegistryError(f"the answer of {host} was cut off ({type(error).__name__})") from None
     return bytes(body)
 
 
@@ -106,7 +110,7 @@ def _registry_said(response: requests.Response) -> tuple[str | None, str]:
     try:
         body = read_body(response, BODY_LIMIT)
         errors = json.loads(body).get("errors") if body else None
-    except (ValueError, AttributeError, requests.RequestException):
+    except (ValueError, AttributeError, RegistryError):
         return None, ""
     first = errors[0] if isinstance(errors, list) and errors else None
     if not isinstance(first, dict):

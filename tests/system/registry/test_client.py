@@ -195,7 +195,8 @@ def test_a_registry_that_does_not_run_is_one_line() -> None:
 
 
 class Overloaded(BaseHTTPRequestHandler):
-    """Answers each path with the statuses queued for it, then 200 with a manifest."""
+    """Answers each path with the statuses queued for it, then 200 with a manifest; a queued
+    206 is a transfer cut off midway."""
 
     answers: dict[str, list[tuple[int, dict[str, str]]]]
     seen: list[str]
@@ -208,6 +209,17 @@ class Overloaded(BaseHTTPRequestHandler):
         payload = (
             self.body if status == 200 else b'{"errors":[{"code":"TOOMANY","message":"slow down"}]}'
         )
+        if status == 206:
+            # A cut transfer: 95 bytes promised, 10 sent, the connection closed.
+            self.send_response(206)
+            self.send_header("Content-Length", "95")
+            self.send_header("Connection", "close")
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.close_connection = True
+            return
         self.send_response(status)
         self.send_header("Content-Type", OCI_MANIFEST if status == 200 else "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -258,3 +270,22 @@ def test_429_after_every_try_is_one_line(overloaded: tuple[str, type[Overloaded]
         "(TOOMANY slow down)"
     )
     assert handler.seen.count(path) == 4
+
+
+def test_a_download_cut_off_midway_is_one_line(
+    overloaded: tuple[str, type[Overloaded]],
+) -> None:
+    """The server promises more bytes than it sends and closes: the chunks end in an error
+    that says so (the caller opens the blob again from where it stopped)."""
+    host, handler = overloaded
+    digest = digest_of(b"whole")
+    handler.answers[f"/v2/team/base/blobs/{digest}"] = [(206, {"Content-Range": "bytes 5-99/100"})]
+    repo = Repository(parse_reference(f"{host}/team/base"), tls_verify=False)
+    with repo.open_blob(digest, 5) as stream:
+        assert (stream.offset, stream.size) == (5, 100)
+        with pytest.raises(RegistryError) as caught:
+            b"".join(stream.chunks)
+    assert caught.value.status is None
+    assert caught.value.message == (
+        f"the download of blob {digest} of team/base from {host} was cut off (ChunkedEncodingError)"
+    )
