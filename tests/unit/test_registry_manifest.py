@@ -90,7 +90,7 @@ def test_schema1_and_unknown_media_types_are_refused_by_name() -> None:
     assert "schemaVersion 2" in refused(image(1, schemaVersion=3))
     strange = image(1)
     strange["layers"][0]["mediaType"] = "application/x-tar-of-doom"
-    assert "layer 1 has the unknown media type" in refused(strange)
+    assert "layer 1 of the manifest has the unknown media type" in refused(strange)
     helm = image(1)
     helm["config"]["mediaType"] = "application/vnd.cncf.helm.config.v1+json"
     assert "not a container image" in refused(helm)
@@ -108,8 +108,8 @@ def test_schema1_and_unknown_media_types_are_refused_by_name() -> None:
         ({"size": 1.5}, "no valid size"),
         ({"size": "100"}, "no valid size"),
         ({"size": BLOB_LIMIT + 1}, "more than realms pulls"),
-        ({"mediaType": 7}, "mediaType is not a string"),
-        ({"annotations": {"a": 1}}, "annotations are not strings"),
+        ({"mediaType": 7}, "the mediaType of layer 2 of the manifest is not a string"),
+        ({"annotations": {"a": 1}}, "the annotations of layer 2 of the manifest are not strings"),
     ],
 )
 def test_a_bad_descriptor_is_refused(change: dict[str, Any], expected: str) -> None:
@@ -127,7 +127,7 @@ def test_sizes_and_counts_are_bounded() -> None:
     assert "at most 512 layers" in refused(image(513))
     big_config = image(1)
     big_config["config"]["size"] = 5 * 1024 * 1024
-    assert "config says it has" in refused(big_config)
+    assert "the config of the manifest says it has" in refused(big_config)
     with pytest.raises(InvalidInput, match="larger than"):
         manifest.parse_document(b" " * (4 * 1024 * 1024 + 1), "", "the manifest")
     for body in (b"[1, 2]", b"{not json", b"\xff\xfe", b"[" * 100000):
@@ -210,8 +210,11 @@ def test_a_config_names_one_diff_id_per_layer() -> None:
         (config([digest(5)]), "names 1 layer digests for 2 layers"),
         (config([digest(5), "sha256:nothex"]), "not a sha256 digest"),
         (config([digest(5), digest(6)], rootfs={"type": "other"}), "rootfs of type layers"),
-        (config([digest(5), digest(6)], config={"Env": "PATH=/"}), "Env is not a list"),
-        (config([digest(5), digest(6)], config={"User": 0}), "User is not a string"),
+        (
+            config([digest(5), digest(6)], config={"Env": "PATH=/"}),
+            "Env in the config is not a list",
+        ),
+        (config([digest(5), digest(6)], config={"User": 0}), "User in the config is not a string"),
         (b"[]", "not a JSON object"),
     ):
         with pytest.raises(InvalidInput) as error:

@@ -176,6 +176,7 @@ class _Fetch:
                 handle.truncate(0)
                 hasher, length = hashlib.sha256(), 0
             if stream.size is not None and stream.size != size:
+                partial.unlink(missing_ok=True)
                 raise InvalidInput(f"{self.what} has {stream.size} bytes, its manifest says {size}")
             handle.seek(length)
             bar = self.transfers.start(self.title, size, length)

@@ -167,11 +167,11 @@ def _platform(value: object, what: str) -> Platform | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise InvalidInput(f"{what}'s platform is not an object")
-    variant = _text(value.get("variant"), f"{what}'s platform variant", optional=True)
+        raise InvalidInput(f"the platform of {what} is not an object")
+    variant = _text(value.get("variant"), f"the platform variant of {what}", optional=True)
     return Platform(
-        _text(value.get("os"), f"{what}'s platform os"),
-        _text(value.get("architecture"), f"{what}'s platform architecture"),
+        _text(value.get("os"), f"the platform os of {what}"),
+        _text(value.get("architecture"), f"the platform architecture of {what}"),
         variant or None,
     )
 
@@ -181,18 +181,18 @@ def parse_descriptor(value: object, what: str) -> Descriptor:
     string ``annotations``)."""
     if not isinstance(value, dict):
         raise InvalidInput(f"{what} is not an object")
-    media_type = _text(value.get("mediaType"), f"{what}'s mediaType")
+    media_type = _text(value.get("mediaType"), f"the mediaType of {what}")
     try:
         digest = check_digest(value.get("digest"))  # type: ignore[arg-type]
     except InvalidInput:
         raise InvalidInput(f"{what} has no valid sha256 digest") from None
-    size = _size(value.get("size"), f"{what} ({digest})")
+    size = _size(value.get("size"), f"{what} ({digest[:19]})")
     annotations = value.get("annotations") or {}
     if not isinstance(annotations, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and len(v) <= _TEXT_LIMIT
         for k, v in annotations.items()
     ):
-        raise InvalidInput(f"{what}'s annotations are not strings")
+        raise InvalidInput(f"the annotations of {what} are not strings")
     return Descriptor(media_type, digest, size, _platform(value.get("platform"), what), annotations)
 
 
@@ -233,7 +233,7 @@ def parse_index(data: dict[str, Any], kind: str, what: str) -> Index:
     entries = data.get("manifests")
     if not isinstance(entries, list) or len(entries) > INDEX_LIMIT:
         raise InvalidInput(f"{what} has no list of at most {INDEX_LIMIT} manifests")
-    manifests = [parse_descriptor(e, f"{what}'s manifest {i}") for i, e in enumerate(entries)]
+    manifests = [parse_descriptor(e, f"manifest {i + 1} of {what}") for i, e in enumerate(entries)]
     return Index(kind, manifests)
 
 
@@ -303,26 +303,26 @@ def select(index: Index, wanted: Platform, what: str) -> Descriptor:
 def parse_image(data: dict[str, Any], kind: str, what: str) -> ImageManifest:
     """A container image's manifest: a config and layers of known media types, sizes in
     bounds."""
-    config = parse_descriptor(data.get("config"), f"{what}'s config")
+    config = parse_descriptor(data.get("config"), f"the config of {what}")
     if config.media_type not in CONFIG_TYPES:
         raise InvalidInput(
             f"{what} is not a container image (its config has media type {config.media_type!r})"
         )
     if config.size > CONFIG_LIMIT:
-        raise InvalidInput(f"{what}'s config says it has {config.size} bytes, too many")
+        raise InvalidInput(f"the config of {what} says it has {config.size} bytes, too many")
     entries = data.get("layers")
     if not isinstance(entries, list) or len(entries) > LAYERS_LIMIT:
         raise InvalidInput(f"{what} has no list of at most {LAYERS_LIMIT} layers")
-    layers = [parse_descriptor(e, f"{what}'s layer {i + 1}") for i, e in enumerate(entries)]
+    layers = [parse_descriptor(e, f"layer {i + 1} of {what}") for i, e in enumerate(entries)]
     for number, layer in enumerate(layers, 1):
         if layer.media_type not in LAYER_TYPES:
             raise InvalidInput(
-                f"{what}'s layer {number} has the unknown media type {layer.media_type!r}"
+                f"layer {number} of {what} has the unknown media type {layer.media_type!r}"
             )
     manifest = ImageManifest(kind, config, layers)
     if manifest.size > TOTAL_LIMIT:
         raise InvalidInput(
-            f"{what}'s blobs add up to {manifest.size} bytes, more than realms pulls"
+            f"the blobs of {what} add up to {manifest.size} bytes, more than realms pulls"
         )
     return manifest
 
@@ -346,7 +346,7 @@ def parse_config(body: bytes, manifest: ImageManifest, what: str) -> ImageConfig
         raise InvalidInput(f"{what} has a diff_id that is not a sha256 digest") from None
     run = data.get("config") or {}
     if not isinstance(run, dict):
-        raise InvalidInput(f"{what}'s config is not an object")
+        raise InvalidInput(f"the container config in {what} is not an object")
     os_name, architecture = data.get("os"), data.get("architecture")
     variant = data.get("variant")
     return ImageConfig(
@@ -354,9 +354,9 @@ def parse_config(body: bytes, manifest: ImageManifest, what: str) -> ImageConfig
         Platform(os_name, architecture, variant if isinstance(variant, str) and variant else None)
         if isinstance(os_name, str) and isinstance(architecture, str)
         else None,
-        env=_strings(run.get("Env"), f"{what}'s Env"),
-        cmd=_strings(run.get("Cmd"), f"{what}'s Cmd"),
-        entrypoint=_strings(run.get("Entrypoint"), f"{what}'s Entrypoint"),
-        user=_text(run.get("User"), f"{what}'s User", optional=True),
-        working_dir=_text(run.get("WorkingDir"), f"{what}'s WorkingDir", optional=True),
+        env=_strings(run.get("Env"), f"Env in {what}"),
+        cmd=_strings(run.get("Cmd"), f"Cmd in {what}"),
+        entrypoint=_strings(run.get("Entrypoint"), f"Entrypoint in {what}"),
+        user=_text(run.get("User"), f"User in {what}", optional=True),
+        working_dir=_text(run.get("WorkingDir"), f"WorkingDir in {what}", optional=True),
     )

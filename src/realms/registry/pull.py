@@ -239,7 +239,9 @@ def _check_platform(config: ImageConfig, chosen: Platform | None, ref: Reference
 def _pull_image(
     store: Store, repo: Repository, ref: Reference, name: str, resolved: _Resolved
 ) -> PullResult:
-    image: ImageManifest = manifest.parse_image(resolved.data, resolved.kind, f"{ref}")
+    image: ImageManifest = manifest.parse_image(
+        resolved.data, resolved.kind, f"the manifest of {ref}"
+    )
     config_what = f"the image config of {ref}"
     config = manifest.parse_config(
         blobs.read_small(repo, image.config, config_what), image, config_what
