@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
-PACKAGES=(btrfs-progs systemd-container mmdebstrap debootstrap busybox-static zstd xz-utils
+PACKAGES=(btrfs-progs systemd-container mmdebstrap debootstrap busybox-static zstd pigz xz-utils
           tar util-linux e2fsprogs erofs-utils cryptsetup-bin python3-venv)
 # The tests boot Debian's kernel in QEMU to check sealed images against the real dm-verity, build
 # a static setuid program for the attacks of a host user (gcc, libc6-dev), and watch processes;
