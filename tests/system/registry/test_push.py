@@ -71,9 +71,20 @@ def _tree(busybox: Path, target: Path) -> Path:
     return target
 
 
+@pytest.fixture(params=["btrfs", "copy"])
+def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Realms:
+    """A store of each backend: btrfs finds the changes with btrfs send, copy by walking."""
+    if request.param == "btrfs":
+        realms: Realms = request.getfixturevalue("realms")
+        return realms
+    realms = Realms(tmp_path / "copy-store")
+    realms("init", "--backend", "copy")
+    return realms
+
+
 @pytest.fixture
-def app(realms: Realms, busybox_tree: Path, tmp_path: Path) -> str:
-    realms("appimg", "import", "app", str(_tree(busybox_tree, tmp_path / "app-tree")))
+def app(cli: Realms, busybox_tree: Path, tmp_path: Path) -> str:
+    cli("appimg", "import", "app", str(_tree(busybox_tree, tmp_path / "app-tree")))
     return "app"
 
 
@@ -136,14 +147,14 @@ def podman() -> Iterator[list[str]]:
 
 
 def test_a_tree_version_and_its_update_travel_as_images(
-    realms: Realms,
+    cli: Realms,
     app: str,
     registry: RunningRegistry,
     tmp_path: Path,
     podman: list[str],
 ) -> None:
-    store = realms.store / "appimg" / app
-    first = _push(realms, app, f"{registry.host}/team/app")
+    store = cli.store / "appimg" / app
+    first = _push(cli, app, f"{registry.host}/team/app")
     assert first["ref"] == f"{registry.host}/team/app:v1"
     assert first["layers"] == 1 and first["blobs_reused"] == 0
 
@@ -175,8 +186,8 @@ def test_a_tree_version_and_its_update_travel_as_images(
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout == "hello from realms\n"
 
-    realms("update-appimg", app, "--", "sh", "-c", UPDATE)
-    second = _push(realms, app, f"{registry.host}/team/app")
+    cli("update-appimg", app, "--", "sh", "-c", UPDATE)
+    second = _push(cli, app, f"{registry.host}/team/app")
     assert second["ref"] == f"{registry.host}/team/app:v2"
     assert second["layers"] == 2
     assert isinstance(second["blobs_reused"], int) and second["blobs_reused"] >= 1
@@ -189,12 +200,12 @@ def test_a_tree_version_and_its_update_travel_as_images(
     assert_same_tree(store / "v2", _unpack(layout, "v2", tmp_path / "bundle2"))
 
     # The record says where each version went.
-    versions = json.loads(realms("appimg", "versions", "--json", app).stdout)
+    versions = json.loads(cli("appimg", "versions", "--json", app).stdout)
     pushed = {v["version"]: v["pushed"] for v in versions}
     assert pushed[2] == [{"repository": f"{registry.host}/team/app", "digest": second["digest"]}]
 
     # Another repository of the same registry: the blobs are mounted, not sent again.
-    third = _push(realms, app, f"{registry.host}/team/other:latest")
+    third = _push(cli, app, f"{registry.host}/team/other:latest")
     assert third["digest"] == second["digest"]
     assert third["blobs_reused"] == 3  # both layers and the config
     assert isinstance(third["uploaded"], int) and third["uploaded"] < 4096
@@ -203,17 +214,17 @@ def test_a_tree_version_and_its_update_travel_as_images(
 
 
 def test_a_version_whose_parent_image_is_gone_is_pushed_in_full(
-    realms: Realms, app: str, registry: RunningRegistry, tmp_path: Path
+    cli: Realms, app: str, registry: RunningRegistry, tmp_path: Path
 ) -> None:
-    first = _push(realms, app, f"{registry.host}/team/app")
+    first = _push(cli, app, f"{registry.host}/team/app")
     subprocess.run(
         ["skopeo", "delete", "--tls-verify=false",
          f"docker://{registry.host}/team/app@{first['digest']}"],
         check=True,
     )  # fmt: skip
-    realms("update-appimg", app, "--", "sh", "-c", UPDATE)
-    second = _push(realms, app, f"{registry.host}/team/app")
+    cli("update-appimg", app, "--", "sh", "-c", UPDATE)
+    second = _push(cli, app, f"{registry.host}/team/app")
     assert second["layers"] == 1
     layout = tmp_path / "layout"
     _copy(registry, "team/app:v2", layout, "v2")
-    assert_same_tree(realms.store / "appimg" / app / "v2", _unpack(layout, "v2", tmp_path / "b"))
+    assert_same_tree(cli.store / "appimg" / app / "v2", _unpack(layout, "v2", tmp_path / "b"))
