@@ -35,6 +35,7 @@ from typing import Any
 from realms import log
 from realms.appimg.record import AppimgRecord, Version, changing, exists, load_record
 from realms.errors import InvalidInput, NotFound, RealmsError
+from realms.faults import checkpoint
 from realms.kinds import ImageKind
 from realms.registry.blobs import cached, read_small
 from realms.registry.changes import find_changes, walk_tree
@@ -58,9 +59,8 @@ from realms.registry.manifest import (
     parse_image,
 )
 from realms.registry.reference import Reference, check_digest, parse_reference
-from realms.registry.tarlayer import LAYER_MEDIA_TYPE, Layer, write_layer
+from realms.registry.tarlayer import LAYER_MEDIA_TYPE, Layer, open_partial, write_layer
 from realms.store import Store
-from realms.system.fs import token
 
 MAX_LAYERS = 64
 """The most layers an incremental push stacks (overlay-based runtimes take about 128)."""
@@ -145,9 +145,12 @@ def push(
         image = _again(store, name, chosen, sender, tls_verify) or _build(
             store, name, chosen, sender
         )
+        checkpoint("push.built")
         for blob, path in image.blobs:
             sender.send(blob, path)
+        checkpoint("push.blobs")
         digest = repo.put_manifest(reference.target, image.manifest, image.media_type)
+    checkpoint("push.manifest")
     sender.uploaded += len(image.manifest)
     _record(store, name, chosen, reference, digest)
     return PushResult(
@@ -265,13 +268,12 @@ class _Image:
 def _keep(store: Store, digest: str, body: bytes) -> Path:
     """A small blob (a config, a manifest) into the blob cache under its digest."""
     path = store.blob_path(digest)
-    partial = store.blob_cache_dir / "partial" / f".push.{token()}"
-    for directory in (store.blob_cache_dir, partial.parent, path.parent):
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir(mode=0o700, parents=True)
+    partial, handle = open_partial(store)
     try:
-        with open(partial, "xb") as handle:
+        with handle:
             handle.write(body)
+        with contextlib.suppress(FileExistsError):
+            path.parent.mkdir(mode=0o700, parents=True)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -372,9 +374,13 @@ def _base(store: Store, name: str, parent: Version, sender: _Sender) -> _Base | 
             log.debug(f"the manifest {entry.get('digest')} of version {parent.version} is gone")
             continue
         what = f"the manifest {digest} of {repo.reference.name}"
-        image = _ours(fetched.body, fetched.media_type, what, name)
-        if image.annotations.get(ANNOTATION_VERSION) != str(parent.version):
-            raise InvalidInput(f"{what} is not version {parent.version} of appimg {name}")
+        try:
+            image = _ours(fetched.body, fetched.media_type, what, name)
+            if image.annotations.get(ANNOTATION_VERSION) != str(parent.version):
+                raise InvalidInput(f"{what} is not version {parent.version} of appimg {name}")
+        except InvalidInput as error:
+            log.warn(f"{error}: not building on it")
+            continue
         if len(image.manifest.layers) >= MAX_LAYERS:
             log.note(f"version {parent.version}'s image has {MAX_LAYERS} layers: pushing in full")
             return None

@@ -17,6 +17,7 @@ order deletes from the layers below before it writes what replaces them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,8 @@ from realms.system.run import check_exit, popen
 
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 _CHUNK = 1 << 20
+PARTIAL_PREFIX = ".push."
+_YOUNG = 60.0
 
 _TAR = [
     "tar",
@@ -70,6 +74,40 @@ class Layer:
 
 def compressor() -> list[str]:
     return ["pigz", "-n", "-c"] if shutil.which("pigz") else ["gzip", "-n", "-c"]
+
+
+def open_partial(layout: Layout) -> tuple[Path, IO[bytes]]:
+    """A new file in the blob cache's ``partial/`` (0600, locked while it is open) to be
+    renamed under its digest; files that killed pushes left there are deleted first."""
+    directory = layout.blob_cache_dir / "partial"
+    for needed in (layout.blob_cache_dir, directory):
+        with contextlib.suppress(FileExistsError):
+            needed.mkdir(mode=0o700, parents=True)
+    _sweep(directory)
+    path = directory / f"{PARTIAL_PREFIX}{token()}"
+    handle = open(path, "xb")  # noqa: SIM115 - the caller closes it
+    os.fchmod(handle.fileno(), 0o600)
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    return path, handle
+
+
+def _sweep(directory: Path) -> None:
+    # A file of a push that runs is locked, or was made a moment ago and not locked yet.
+    for path in directory.glob(f"{PARTIAL_PREFIX}*"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if time.time() - os.fstat(fd).st_mtime < _YOUNG:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def whiteout_entries(paths: Iterable[str]) -> bytes:
@@ -108,11 +146,7 @@ def write_layer(
 ) -> Layer:
     """Write the layer of ``names`` (relative paths of ``tree``, in the order given) after the
     ``whiteouts``, into the blob cache of ``layout``; see the module docstring."""
-    partial_dir = layout.blob_cache_dir / "partial"
-    for directory in (layout.blob_cache_dir, partial_dir):
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir(mode=0o700, parents=True)
-    partial = partial_dir / f".push.{token()}"
+    partial, output = open_partial(layout)
     tar_argv = [*_TAR, f"--directory={tree}", "--files-from=-"]
     zip_argv = compressor()
     uncompressed, compressed = hashlib.sha256(), hashlib.sha256()
@@ -142,8 +176,7 @@ def write_layer(
         pumper.start()
         finished = False
         try:
-            with open(partial, "xb") as output:
-                os.fchmod(output.fileno(), 0o600)
+            with output:
                 while chunk := zip_out.read(_CHUNK):
                     compressed.update(chunk)
                     output.write(chunk)

@@ -228,3 +228,29 @@ def test_a_version_whose_parent_image_is_gone_is_pushed_in_full(
     layout = tmp_path / "layout"
     _copy(registry, "team/app:v2", layout, "v2")
     assert_same_tree(cli.store / "appimg" / app / "v2", _unpack(layout, "v2", tmp_path / "b"))
+
+
+@pytest.mark.parametrize("point", ["push.built", "push.blobs", "push.manifest"])
+def test_a_killed_push_leaves_no_tag_and_the_next_one_finishes_it(
+    realms: Realms, base: str, registry: RunningRegistry, point: str
+) -> None:
+    ref = f"{registry.host}/team/base"
+    record = (realms.store / "appimg" / base / "appimg.toml").read_bytes()
+    killed = realms(
+        "appimg", "push", "--tls-verify=false", base, ref,
+        check=False, env={"REALMS_KILL_AT": point},
+    )  # fmt: skip
+    assert killed.returncode == -9
+    # The record is as it was; the tag exists only when the kill came after the manifest.
+    assert (realms.store / "appimg" / base / "appimg.toml").read_bytes() == record
+    tagged = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}:v1"],
+        capture_output=True,
+        check=False,
+    )
+    assert (tagged.returncode == 0) == (point == "push.manifest")
+    again = _push(realms, base, ref)
+    # Blobs the killed push sent are not sent again.
+    assert again["blobs_reused"] == (0 if point == "push.built" else 2)
+    listed = json.loads(realms("appimg", "versions", "--json", base).stdout)
+    assert listed[0]["pushed"] == [{"repository": ref, "digest": again["digest"]}]
