@@ -179,15 +179,20 @@ def pull_artifact(
         downloaded, used = 0, None
         base = _delta_base(store, name, artifact)
         if base is not None:
+            descriptor = artifact.deltas[base[1]]
             try:
-                downloaded = _via_delta(store, repo, name, artifact, base, image=image)
+                fetched = _fetch(store, repo, descriptor, f"delta {blobs.short(descriptor.digest)}")
+                downloaded = fetched.downloaded
+                _apply(store, name, artifact, base, fetched.path, image=image)
                 used = base[0].version
-            except RealmsError as error:
+            except (RealmsError, OSError) as error:
+                # Whatever it was, the whole image decides; a delta that failed is no use.
                 log.warn(
-                    f"the delta from version {base[0].version} failed ({error.message}): "
-                    "downloading the whole image"
+                    f"the delta from version {base[0].version} failed "
+                    f"({getattr(error, 'message', error)}): downloading the whole image"
                 )
                 image.unlink(missing_ok=True)
+                store.blob_path(descriptor.digest).unlink(missing_ok=True)
         if used is None:
             downloaded += _via_image(store, repo, artifact, image, what)
         source = {"ref": str(ref), "digest": manifest_digest}
@@ -279,32 +284,29 @@ def _images_newest_first(record: AppimgRecord) -> list[Version]:
     return sorted((v for v in record.versions if v.kind in IMAGE_KINDS), key=lambda v: -v.version)
 
 
-def _via_delta(
+def _apply(
     store: Store,
-    repo: Repository,
     name: str,
     artifact: _Artifact,
     base: tuple[Version, str],
+    patch: Path,
     *,
     image: Path,
-) -> int:
-    """Download the delta against ``base`` and make the image with it; the bytes downloaded."""
+) -> None:
+    """Make the image from the delta ``patch`` and the local version ``base``."""
     version, digest = base
-    descriptor = artifact.deltas[digest]
-    fetched = _fetch(store, repo, descriptor, f"delta {blobs.short(descriptor.digest)}")
     # Under the appimg's shared lock: no prune takes the base away while zstd reads it.
     with (
         store.appimg_lock(name, shared=True),
         log.step(f"Applying the delta to version {version.version}"),
     ):
         delta.apply_delta(
-            fetched.path,
+            patch,
             store.version_path(name, version),
             image,
             base_digest=digest,
             target_digest=artifact.image_digest,
         )
-    return fetched.downloaded
 
 
 # Push

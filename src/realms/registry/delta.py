@@ -25,6 +25,7 @@ limit.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import resource
@@ -132,13 +133,20 @@ def make_delta(
 
 
 def _copy_range(source: Path, target: Path, offset: int, length: int) -> None:
-    """Copy ``length`` bytes of ``source`` from ``offset`` into a new file (reflinked on btrfs)."""
+    """Copy ``length`` bytes of ``source`` from ``offset`` into a new file: reflinked on the
+    same btrfs, copied across filesystems."""
     with open(source, "rb") as reader, open(target, "xb") as writer:
         done = 0
         while done < length:
-            count = os.copy_file_range(
-                reader.fileno(), writer.fileno(), length - done, offset + done, done
-            )
+            try:
+                count = os.copy_file_range(
+                    reader.fileno(), writer.fileno(), length - done, offset + done, done
+                )
+            except OSError as error:
+                if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                chunk = os.pread(reader.fileno(), min(_CHUNK, length - done), offset + done)
+                count = os.pwrite(writer.fileno(), chunk, done) if chunk else 0
             if count == 0:
                 raise InvalidInput(f"{source}: ends before its data area does")
             done += count

@@ -35,19 +35,15 @@ CHANNEL = "test"
 _stores = itertools.count()
 
 
-@pytest.fixture(autouse=True)
-def insecure_registry(
-    registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def insecure(registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The test's plain-http registry is insecure, as a user would configure it."""
     conf = tmp_path / "registries.conf"
     conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
     monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))
 
 
-@pytest.fixture
-def other(btrfs_pool: Path) -> Realms:
-    """A second store (another machine)."""
+def second_store(btrfs_pool: Path) -> Realms:
+    """Another store (another machine)."""
     path = btrfs_pool / f"artifact-other-{os.getpid()}-{next(_stores)}"
     path.mkdir()
     cli = Realms(path)
@@ -55,10 +51,10 @@ def other(btrfs_pool: Path) -> Realms:
     return cli
 
 
-@pytest.fixture
-def app(realms: Realms, busybox_tree: Path, tmp_path: Path) -> str:
+def sealed_app(realms: Realms, busybox_tree: Path, tmp_path: Path) -> str:
     """Appimg ``app``: busybox and 24 MiB of data that does not compress (so that the image is
-    large enough for a delta's ratio to mean something), sealed for channel ``test``."""
+    large enough for a delta's ratio to mean something), sealed for channel ``test``: version 1
+    is the tree, version 2 the sealed image."""
     root = tmp_path / "app-root"
     shutil.copytree(busybox_tree, root, symlinks=True)
     (root / "opt").mkdir()
@@ -67,6 +63,26 @@ def app(realms: Realms, busybox_tree: Path, tmp_path: Path) -> str:
     realms("key", "generate", CHANNEL)
     realms("appimg", "seal", "app", "--channel", CHANNEL)
     return "app"
+
+
+# The fixtures are thin: test_delta_hostile.py defines the same ones with the functions above.
+
+
+@pytest.fixture(autouse=True)
+def insecure_registry(
+    registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    insecure(registry, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def other(btrfs_pool: Path) -> Realms:
+    return second_store(btrfs_pool)
+
+
+@pytest.fixture
+def app(realms: Realms, busybox_tree: Path, tmp_path: Path) -> str:
+    return sealed_app(realms, busybox_tree, tmp_path)
 
 
 @dataclass(frozen=True)
