@@ -13,5 +13,13 @@ What they share is split by concern:
 - :mod:`bench.report`: tables, ratios, the targets' lines and the JSON results.
 """
 
-BENCHMARKS = ("realm_new", "update_commit", "build", "verity", "image_realm", "userns")
+BENCHMARKS = (
+    "realm_new",
+    "update_commit",
+    "build",
+    "verity",
+    "image_realm",
+    "userns",
+    "registry",
+)
 """The benchmarks, in the order bench/README.md describes them."""
