@@ -38,6 +38,10 @@ chmod 600 /data/hello.txt
 echo more >> /data/shared
 ln /data/shared /data/link3
 mv /data/empty /data/moved
+rm -r /data/dir2 && echo now a file > /data/dir2
+rm /data/file2 && mkdir /data/file2 && echo inside > /data/file2/inner
+rm -r /data/outward && ln -s /etc /data/outward
+ln -sf setuid /data/sym
 """
 
 
@@ -68,6 +72,11 @@ def _tree(busybox: Path, target: Path) -> Path:
     (data / "old/a/b").mkdir(parents=True)
     (data / "old/a/b/c.txt").write_text("deleted with its directory\n")
     (data / "gone.txt").write_text("deleted\n")
+    (data / "dir2/deeper").mkdir(parents=True)
+    (data / "dir2/deeper/f").write_text("a directory that becomes a file\n")
+    (data / "file2").write_text("a file that becomes a directory\n")
+    (data / "outward").mkdir()
+    (data / "outward/passwd").write_text("a directory that becomes a symlink out of the tree\n")
     return target
 
 
