@@ -135,9 +135,12 @@ class _Fetch:
         final = _directory(self.layout.blob_path(digest))
         partial = _directory(self.layout.blob_partial_path(digest))
         with os.fdopen(_open_locked(partial), "r+b") as handle:
-            # Another pull may have finished it while this one waited for the lock.
+            # Another pull may have finished it while this one waited for the lock: the partial
+            # file this one locked is then one it made after, or one left by a kill (deleted
+            # under the lock; a third waiting on it sees it gone and looks again).
             found = cached(self.layout, self.descriptor)
             if found is not None:
+                partial.unlink(missing_ok=True)
                 return Fetched(found, 0, True)
             # What an interrupted download left is hashed again: it is only trusted once the
             # whole blob matches its digest.

@@ -527,3 +527,22 @@ def test_a_killed_pull_leaves_the_store_and_the_next_resumes(
     assert (current_tree(realms, "big") / "srv/blob").read_bytes() == payload
     assert list(partial.iterdir()) == []
     assert realms.json("status")["leftovers"] == 0
+
+
+def test_concurrent_pulls_share_the_blob_cache(
+    realms: Realms, registry: RunningRegistry, busybox_tree: Path
+) -> None:
+    payload = os.urandom(16 << 20)
+    image = push_image(
+        registry, "test/shared", "1", [tar_of_tree(busybox_tree, [file_entry("srv/b", payload)])]
+    )
+    runs = [realms.spawn("appimg", "pull", image.ref, "--name", f"copy{n}") for n in range(3)]
+    for run in runs:
+        _, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+    for n in range(3):
+        assert (current_tree(realms, f"copy{n}") / "srv/b").read_bytes() == payload
+    layer = image.manifest["layers"][0]["digest"].removeprefix("sha256:")
+    cache = realms.store / "cache/blobs"
+    assert [p.name for p in (cache / "sha256").iterdir()] == [layer]
+    assert list((cache / "partial").iterdir()) == []
