@@ -140,16 +140,12 @@ def push(
     # large tree is written.
     repo.head_manifest(reference.target, (OCI_MANIFEST,))
     sender = _Sender(store, repo, _mount_sources(store, reference))
-    with log.transfers() as transfers:
-        sender.transfers = transfers
-        image = _again(store, name, chosen, sender, tls_verify) or _build(
-            store, name, chosen, sender
-        )
-        checkpoint("push.built")
-        for blob, path in image.blobs:
-            sender.send(blob, path)
-        checkpoint("push.blobs")
-        digest = repo.put_manifest(reference.target, image.manifest, image.media_type)
+    image = _again(store, name, chosen, sender, tls_verify) or _build(store, name, chosen, sender)
+    checkpoint("push.built")
+    for blob, path in image.blobs:
+        sender.send(blob, path)
+    checkpoint("push.blobs")
+    digest = repo.put_manifest(reference.target, image.manifest, image.media_type)
     checkpoint("push.manifest")
     sender.uploaded += len(image.manifest)
     _record(store, name, chosen, reference, digest)
@@ -213,7 +209,6 @@ class _Sender:
         self.sources = sources
         self.uploaded = 0
         self.reused = 0
-        self.transfers: log.Transfers | None = None
 
     def present(self, blob: Blob, sources: tuple[str, ...] = ()) -> bool:
         """Whether the repository has the blob now (mounting it if another one has)."""
@@ -242,15 +237,14 @@ class _Sender:
                 "cache",
                 hint="push again: the image is then built again",
             )
-        title = f"Uploading {blob.digest[:19]}"
-        transfer = self.transfers.start(title, blob.size) if self.transfers else None
-        ok = False
-        try:
-            progress = transfer.advance if transfer else None
-            self.repo.upload_blob(blob.digest, path, blob.size, progress)
-            ok = True
-        finally:
-            if transfer is not None:
+        # One upload at a time: a push sends one new layer (or one whole tree) and its config.
+        with log.transfers() as transfers:
+            transfer = transfers.start(f"Uploading {blob.digest[:19]}", blob.size)
+            ok = False
+            try:
+                self.repo.upload_blob(blob.digest, path, blob.size, transfer.advance)
+                ok = True
+            finally:
                 transfer.done(ok)
         self.uploaded += blob.size
 
