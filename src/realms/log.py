@@ -276,7 +276,7 @@ def transfers() -> Iterator[Transfers]:
     _close_open_step()
     with Progress(
         TextColumn("[+]: {task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),

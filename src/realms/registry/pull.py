@@ -43,7 +43,6 @@ from realms.registry.client import MANIFEST_LIMIT, Repository
 from realms.registry.manifest import ImageConfig, ImageManifest, Platform
 from realms.registry.reference import Reference, parse_reference
 from realms.store import Store
-from realms.units import format_size
 
 
 @dataclass(frozen=True)
@@ -249,7 +248,7 @@ def _pull_image(
     _check_platform(config, resolved.platform, ref)
     count = len(image.layers)
     titles = [
-        (layer, f"layer {i}/{count} {blobs.short(layer.digest)} ({format_size(layer.size)})")
+        (layer, f"layer {i}/{count} {layer.digest[7:19]}")
         for i, layer in enumerate(image.layers, 1)
     ]
     digest = resolved.digest
