@@ -12,83 +12,35 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
 import stat
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from realms.errors import InvalidInput
-from realms.registry.layers import LayerSummary, apply_layer, open_layer
+from realms.registry.layers import LayerSummary
 from tests.system.registry.trees import tree_manifest
+from tests.unit.test_layers_check import (
+    MTIME,
+    TAR,
+    Member,
+    apply,
+    directory,
+    file,
+    hardlink,
+    layer,
+    node,
+    symlink,
+    whiteout,
+)
 
-Member = tuple[tarfile.TarInfo, bytes]
-MTIME = 1_700_000_000
 # A file capability (vfs_cap_data revision 2, effective): cap_net_raw permitted.
 CAPABILITY = b"\x01\x00\x00\x02" + (1 << 13).to_bytes(4, "little") + bytes(12)
-TAR = "application/vnd.oci.image.layer.v1.tar"
-
-
-def _info(name: str, kind: bytes, mode: int, mtime: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.mode, info.mtime = kind, mode, mtime
-    return info
-
-
-def file(
-    name: str, data: bytes = b"x\n", mode: int = 0o644, mtime: int = MTIME, **pax: bytes
-) -> Member:
-    info = _info(name, tarfile.REGTYPE, mode, mtime)
-    info.size = len(data)
-    info.pax_headers = {
-        f"SCHILY.xattr.{k.replace('_', '.')}": v.decode("latin-1") for k, v in pax.items()
-    }
-    return info, data
-
-
-def directory(name: str, mode: int = 0o755, mtime: int = MTIME) -> Member:
-    return _info(name, tarfile.DIRTYPE, mode, mtime), b""
-
-
-def symlink(name: str, target: str, mtime: int = MTIME) -> Member:
-    info = _info(name, tarfile.SYMTYPE, 0o777, mtime)
-    info.linkname = target
-    return info, b""
-
-
-def hardlink(name: str, target: str, mtime: int = MTIME) -> Member:
-    info = _info(name, tarfile.LNKTYPE, 0o644, mtime)
-    info.linkname = target
-    return info, b""
-
-
-def whiteout(name: str) -> Member:
-    return file(name, b"", mode=0o600)
-
-
-def node(name: str) -> Member:
-    info = _info(name, tarfile.CHRTYPE, 0o666, MTIME)
-    info.devmajor, info.devminor = 1, 3
-    return info, b""
-
-
-def layer(*members: Member) -> bytes:
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for info, payload in members:
-            archive.addfile(info, io.BytesIO(payload) if info.isreg() else None)
-    return data.getvalue()
-
-
-def apply(data: bytes, tree: Path, media_type: str = TAR, name: str = "layer") -> LayerSummary:
-    with open_layer(io.BytesIO(data), media_type, name) as stream:
-        return apply_layer(stream, tree, name)
 
 
 def _tree(path: Path) -> Path:
@@ -200,9 +152,9 @@ def _umoci_unpack(layers: list[bytes], work: Path) -> Path:
 def _directory_times(root: Path) -> dict[str, int]:
     """The modification times of the directories below ``root`` (umoci sets the root's to 0)."""
     return {
-        os.path.relpath(directory, root): int(os.lstat(directory).st_mtime)
-        for directory, _, _ in os.walk(root)
-        if directory != str(root)
+        os.path.relpath(walked, root): int(os.lstat(walked).st_mtime)
+        for walked, _, _ in os.walk(root)
+        if walked != str(root)
     }
 
 
@@ -262,9 +214,9 @@ def outside(tmp_path: Path) -> Iterator[Path]:
 def _snapshot(top: Path, outside: Path) -> dict[str, tuple[int, int, bytes]]:
     """Everything under ``outside`` (mode, mtime, content), and what sits beside the tree."""
     found: dict[str, tuple[int, int, bytes]] = {}
-    for directory, names, files in os.walk(outside):
+    for parent, names, files in os.walk(outside):
         for name in [".", *names, *files]:
-            path = Path(directory, name)
+            path = Path(parent, name)
             info = os.lstat(path)
             data = path.read_bytes() if stat.S_ISREG(info.st_mode) else b""
             found[str(path)] = (info.st_mode, info.st_mtime_ns, data)

@@ -19,13 +19,14 @@ knows the tree on disk, so that the layers below are as hostile as this one:
   a directory replaces a symbolic link of the layers below (deleted first: never a mkdir over
   a link). Everything else tar replaces itself (it unlinks, never writes through).
 
-Deletions walk the tree by file descriptors, each directory opened with ``O_NOFOLLOW``, and
-remove with :func:`shutil.rmtree` (``dir_fd``), so no deletion can leave the tree. They run
-while tar extracts the entries before them: tar only ever touches the paths this layer has
-written (and their parents), which a deletion keeps. Only two cases wait for tar to finish
-first (end its stream, wait, start another one for the rest): a deletion of a file of the
-layers below that a pending hard link points to, and a directory of this layer replaced by a
-file. Memory holds the sets of paths this layer wrote, nothing of the data.
+Deletions walk the tree by file descriptors, each directory opened with ``O_NOFOLLOW`` and
+each name removed relative to its directory's descriptor, so no deletion can leave the tree.
+They run while tar extracts the entries before them: tar only ever touches the paths this
+layer has written (and their parents), which a deletion keeps. Only two cases wait for tar to
+finish first (end its stream, wait, start another one for the rest): a deletion of a file of
+the layers below that a pending hard link points to, and a directory of this layer replaced
+by a file; the directories of the layer get their times again after the last one. Memory
+holds the sets of paths this layer wrote, nothing of the data.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ import contextlib
 import errno
 import gzip
 import os
-import shutil
 import stat
 import tarfile
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -193,45 +194,68 @@ class _Tree:
             finally:
                 os.close(fd)
 
-    @staticmethod
-    def _unlink(fd: int, name: str) -> bool:
+    def _unlink(self, fd: int, name: str) -> bool:
+        """Delete ``name`` of the directory ``fd``, a whole tree if it is a directory."""
         try:
             mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
         except FileNotFoundError:
             return False
         if stat.S_ISDIR(mode):
-            shutil.rmtree(name, dir_fd=fd)
+            inner = os.open(name, _DIRECTORY_FLAGS, dir_fd=fd)
+            try:
+                self._prune(inner, name, set(), everything=True)
+            finally:
+                os.close(inner)
+            os.rmdir(name, dir_fd=fd)
         else:
             os.unlink(name, dir_fd=fd)
         return True
 
-    def _prune(self, fd: int, path: str, keep: set[str]) -> bool:
-        """Delete what is below the directory ``fd`` (at ``path``) and not in ``keep``; a stack
-        rather than recursion, as a crafted layer can nest deeper than Python recurses."""
+    @staticmethod
+    def _prune(top: int, path: str, keep: set[str], everything: bool = False) -> bool:
+        """Delete what is below the directory ``top`` (at ``path``) and not in ``keep`` (all of
+        it, with ``everything``); whether anything was deleted. Depth first, holding one
+        descriptor and climbing back through "..": no depth of a crafted tree runs out of
+        Python's stack or of descriptors (shutil.rmtree would, past a thousand levels)."""
         changed = False
-        stack = [(os.dup(fd), path)]
+        fd = os.dup(top)
+        # A frame per directory on the way down: its path, whether it goes once it is empty,
+        # and its subdirectories still to visit (each with whether it goes).
+        frames: list[tuple[str, bool, list[tuple[str, bool]]]] = []
+        prefix, gone = path, everything
         try:
-            while stack:
-                directory, prefix = stack.pop()
-                try:
-                    with os.scandir(directory) as scan:
-                        children = [
-                            (entry.name, entry.is_dir(follow_symlinks=False)) for entry in scan
-                        ]
-                    for child, is_directory in children:
-                        below = f"{prefix}/{child}" if prefix else child
-                        if below not in keep:
-                            changed = self._unlink(directory, child) or changed
-                        elif is_directory:
-                            stack.append(
-                                (os.open(child, _DIRECTORY_FLAGS, dir_fd=directory), below)
-                            )
-                finally:
-                    os.close(directory)
+            while True:
+                visit: list[tuple[str, bool]] = []
+                with os.scandir(fd) as scan:
+                    children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in scan]
+                for child, is_directory in children:
+                    doomed = gone or (f"{prefix}/{child}" if prefix else child) not in keep
+                    if is_directory:
+                        visit.append((child, doomed))
+                    elif doomed:
+                        os.unlink(child, dir_fd=fd)
+                        changed = True
+                frames.append((prefix, gone, visit))
+                while True:
+                    prefix, gone, visit = frames[-1]
+                    if visit:
+                        child, doomed = visit.pop()
+                        opened = os.open(child, _DIRECTORY_FLAGS, dir_fd=fd)
+                        os.close(fd)
+                        fd = opened
+                        prefix, gone = (f"{prefix}/{child}" if prefix else child), doomed
+                        break
+                    frames.pop()
+                    if not frames:
+                        return changed
+                    opened = os.open("..", _DIRECTORY_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = opened
+                    if gone:
+                        os.rmdir(prefix.rpartition("/")[2], dir_fd=fd)
+                        changed = True
         finally:
-            for directory, _ in stack:
-                os.close(directory)
-        return changed
+            os.close(fd)
 
 
 class _Tar:
@@ -429,13 +453,18 @@ def apply_layer(stream: IO[bytes], tree: Path, name: str) -> LayerSummary:
     """Apply the uncompressed layer ``stream`` onto the directory ``tree`` (see the module
     docstring); InvalidInput, naming the layer ``name``, when the layer is unsafe or damaged.
     After an error the tree holds part of the layer: the caller deletes it."""
-    head = _read_block(stream)
-    if not head.strip(b"\0"):
-        # An empty layer (Docker writes them: two zero blocks): valid, nothing to apply.
-        while chunk := stream.read(CHUNK):
-            if chunk.strip(b"\0"):
-                raise InvalidInput(f"{name}: damaged layer: data after the end of the archive")
-        return LayerSummary(0, 0, 0, 0, 0)
+    try:
+        head = _read_block(stream)
+        if not head.strip(b"\0"):
+            # An empty layer (Docker writes them: two zero blocks): valid, nothing to apply.
+            while chunk := stream.read(CHUNK):
+                if chunk.strip(b"\0"):
+                    raise InvalidInput(f"{name}: damaged layer: data after the end of the archive")
+            return LayerSummary(0, 0, 0, 0, 0)
+    except (OSError, EOFError, zlib.error) as error:  # what decompressing raises
+        if isinstance(error, OSError) and error.filename is not None:
+            raise
+        raise InvalidInput(f"{name}: not a valid layer ({error or 'truncated'})") from None
     tar = _Tar(tree, name)
     lower = _Tree(tree)
     try:
