@@ -196,6 +196,8 @@ def pull_artifact(
         if used is None:
             downloaded += _via_image(store, repo, artifact, image, what)
         source = {"ref": str(ref), "digest": manifest_digest}
+        # An image made from a delta has the digest the manifest names, as the whole image
+        # must: if the checks below refuse it, the whole image would be refused as well.
         try:
             version = images.import_image(
                 store, name, image, pulled=source, image_digest=artifact.image_digest
