@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from realms.errors import InvalidInput
+from realms.errors import InvalidInput, RealmsError
 from realms.registry.layers import LayerSummary
 from tests.system.registry.trees import tree_manifest
 from tests.unit.test_layers_check import (
@@ -301,6 +301,16 @@ def test_lower_symlinks_are_replaced_not_followed(tmp_path: Path, outside: Path)
     assert (tree / "evil/passwd").read_text() == "inside\n"
     assert not (tree / "passwd-link").is_symlink()
     assert not os.path.lexists(tree / "relative")
+
+
+def test_nothing_is_written_below_a_replaced_lower_symlink(tmp_path: Path, outside: Path) -> None:
+    """The layer's file takes the name of a symbolic link below; the entry below that name then
+    fails in tar (not a directory), and the link's target is untouched."""
+    tree = tmp_path / "tree"
+    _lower(tree, outside)
+    with pytest.raises(RealmsError, match="extracting upper failed"):
+        apply(layer(file("evil", b"a file\n"), file("evil/passwd", b"pwned\n")), tree, name="upper")
+    assert (tree / "evil").read_text() == "a file\n"
 
 
 def test_device_nodes_are_skipped(tmp_path: Path) -> None:

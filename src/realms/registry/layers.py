@@ -15,9 +15,9 @@ knows the tree on disk, so that the layers below are as hostile as this one:
   only: what this layer wrote there (before or after the marker) stays, as in umoci. Other
   ``.wh.`` names, a whiteout of ``.`` or ``..``, and ``.wh.`` directories are refused. The
   directory a deletion changed gets its times back, as umoci does.
-- An entry that is not a directory replaces a directory of the layers below (deleted first);
-  a directory replaces a symbolic link of the layers below (deleted first: never a mkdir over
-  a link). Everything else tar replaces itself (it unlinks, never writes through).
+- An entry that is not a directory replaces a directory of the layers below, and any entry a
+  symbolic link of the layers below: those are deleted first, so that nothing depends on how
+  tar replaces them. Tar replaces the rest itself (it unlinks, never writes through).
 
 Deletions walk the tree by file descriptors, each directory opened with ``O_NOFOLLOW`` and
 each name removed relative to its directory's descriptor, so no deletion can leave the tree.
@@ -335,8 +335,11 @@ class _LayerChecker(Checker):
             self._forget_below(path)
         elif not self._tree.empty and path not in self.upper:
             mode = self._tree.lstat(path)
+            # A symbolic link below goes before anything takes its name: what comes after
+            # this entry may be written below that name, and must not depend on tar
+            # having replaced the link.
             if mode is not None and (
-                (stat.S_ISDIR(mode) and not is_directory) or (stat.S_ISLNK(mode) and is_directory)
+                (stat.S_ISDIR(mode) and not is_directory) or stat.S_ISLNK(mode)
             ):
                 self._delete(path, set(), children_only=False)
         while path not in self.upper:
