@@ -230,6 +230,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1024,
         help="size of the synthetic tree for the memory check (0: skip)",
     )
+    parser.add_argument(
+        "--pull-only", action="store_true", help="only the pull timings (no update, seal, memory)"
+    )
     add_seed_option(parser)
     add_output_option(parser, RESULTS)
     return parser.parse_args(argv)
@@ -311,8 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         pull_ratio is not None and pull_ratio <= PULL_TARGET,
                     )
                 )
-                results.update(update_and_seal(bench, mountpoint, targets))
-                if args.memory_mb:
+                if not args.pull_only:
+                    results.update(update_and_seal(bench, mountpoint, targets))
+                if args.memory_mb and not args.pull_only:
                     results["memory"] = memory_check(bench, mountpoint, args, targets)
                 results["peak_rss_mb"] = bench.peak_rss_mb
     except KeyboardInterrupt:

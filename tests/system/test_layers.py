@@ -367,10 +367,12 @@ def test_empty_and_damaged_layers(tmp_path: Path) -> None:
     assert apply(gzip.compress(bytes(10240)), tree, TAR + "+gzip").entries == 0
     with pytest.raises(InvalidInput, match="data after the end"):
         apply(bytes(1024) + b"garbage", tree)
-    with pytest.raises(InvalidInput, match="not a valid layer"):
+    with pytest.raises(InvalidInput, match="not a valid gzip layer"):
         apply(gzip.compress(layer(file("a")))[:-10], tree, TAR + "+gzip")
     with pytest.raises(InvalidInput, match="zstd"):
         apply(b"\x28\xb5\x2f\xfd garbage", tree, TAR + "+zstd")
     with pytest.raises(InvalidInput, match="cannot be applied"):
         apply(layer(file("a")), tree, "application/vnd.oci.image.layer.v1.tar+bzip2")
-    assert os.listdir(tree) == []
+    # What a damaged layer wrote before its damage showed stays: a pull applies layers into a
+    # staged tree that it deletes when one is refused.
+    assert os.listdir(tree) in ([], ["a"])

@@ -225,9 +225,9 @@ def test_empty_and_damaged_layers(tmp_path: Path) -> None:
         apply(bytes(1024) + b"garbage", tree)
     with pytest.raises(InvalidInput, match=r"layer: not a valid layer \(unexpected end"):
         apply(layer(file("a"))[:700], tree)
-    with pytest.raises(InvalidInput, match="not a valid layer"):
+    with pytest.raises(InvalidInput, match="not a valid gzip layer"):
         apply(gzip.compress(layer(whiteout(".wh.a")))[:-10], tree, TAR + "+gzip")
-    with pytest.raises(InvalidInput, match="not a valid layer"):
+    with pytest.raises(InvalidInput, match="not a valid gzip layer"):
         apply(b"not gzip at all", tree, "application/vnd.docker.image.rootfs.diff.tar.gzip")
     with pytest.raises(InvalidInput, match="cannot be applied") as refused:
         apply(layer(file("a")), tree, "application/vnd.oci.image.layer.v1.tar+bzip2")

@@ -82,14 +82,14 @@ def decompressed(path: Path, compression: Compression, bar: log.ProgressBar) -> 
                 yield cast(IO[bytes], bzip2_stream)
         elif compression.name == "zstd":
             # Python 3.11 has no zstd: decompress with the zstd tool, fed from here for progress.
-            with _piped_through(["zstd", "--decompress", "--stdout", "--quiet"], counting) as out:
+            with piped_through(["zstd", "--decompress", "--stdout", "--quiet"], counting) as out:
                 yield out
         else:
             yield cast(IO[bytes], counting)
 
 
 @contextmanager
-def _piped_through(argv: list[str], source: IO[bytes]) -> Iterator[IO[bytes]]:
+def piped_through(argv: list[str], source: IO[bytes]) -> Iterator[IO[bytes]]:
     """The output of ``argv`` fed with ``source``; damaged input raises tarfile.ReadError."""
     process = popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdin and process.stdout and process.stderr

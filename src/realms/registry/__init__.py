@@ -7,9 +7,10 @@ The model, in one place:
   hostile until checked: manifests and configs are size-limited and parsed in
   :mod:`.manifest`; every blob is hashed while it streams and used only under its digest.
 - The **client** (:mod:`.client`) speaks the OCI Distribution API over ``requests``: bearer
-  tokens and basic auth from the credentials podman, skopeo and docker keep (:mod:`.auth`),
-  TLS and ``insecure`` registries as ``/etc/containers`` says (:mod:`.transport`), retries with
-  backoff on 429 and 5xx, one-line errors for the rest.
+  tokens and basic auth (:mod:`.transport`) from the credentials podman, skopeo and docker keep
+  (:mod:`.credentials`; ``registry login``/``logout`` in :mod:`.auth`), TLS files and
+  ``insecure`` registries as ``/etc/containers`` says (:mod:`.hosts`), retries with backoff on
+  429 and 5xx, one-line errors for the rest.
 - **Blobs** (:mod:`.blobs`) go through the store's blob cache (``cache/blobs``): a download is
   written to ``partial/``, resumed with a ranged GET after an interrupt, and renamed under its
   digest once the digest matched. Several blobs transfer at once, each with a progress bar.
@@ -19,7 +20,9 @@ The model, in one place:
   ``{"ref", "digest"}``. A pull of a **realms artifact** (:mod:`.artifact`: a block or sealed
   image file) is checked like an image file import; it uses a **delta** (:mod:`.delta`) when a
   version it applies to is here, and the full image when the delta fails.
-- A **push** (:mod:`.push`) of a tree version writes its layers and an OCI image config; a
-  version whose parent was pushed to the same repository adds one layer of the files that
-  changed (:mod:`.changes`) to the parent's layers. Blobs the registry has are not sent again.
+- A **push** (:mod:`.push`) of a tree version writes its layer into the blob cache
+  (:mod:`.tarlayer`) and an OCI image config and manifest (:mod:`.image_config`); a version
+  whose parent was pushed to the same repository adds one layer of the files that changed
+  (:mod:`.changes`) to the parent's layers. Blobs the registry has are not sent again, and
+  blobs of another repository of the same registry are mounted.
 """
