@@ -261,7 +261,7 @@ def push(call: Call) -> int:
 
 
 def outdated(call: Call) -> int:
-    found = api.outdated_appimgs(call.store)
+    found = api.outdated_appimgs(call.store, tls_verify=tls_verify(call))
     if call.json:
         output.print_json([item.to_json() for item in found])
     elif not found:
@@ -269,6 +269,6 @@ def outdated(call: Call) -> int:
     else:
         output.table(
             ["APPIMG", "REFERENCE", "PULLED", "NOW"],
-            [[o.name, o.ref, o.pulled[:19], o.current[:19]] for o in found],
+            [[o.name, o.ref, o.pulled[:19], (o.current or "not known")[:19]] for o in found],
         )
     return 0

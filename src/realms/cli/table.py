@@ -356,8 +356,9 @@ COMMANDS: tuple[Group | Command, ...] = (
         "list pulled appimgs whose registry reference now names another image",
         "appimg_handlers.outdated",
         "Ask each pulled appimg's registry for the digest its reference names now, and list "
-        "those that moved ('realms appimg pull --all' pulls them).",
-        (JSON,),
+        "those that moved ('realms appimg pull --all' pulls them) and those whose registry "
+        "could not be asked (with why).",
+        (TLS_VERIFY, JSON),
     ),
     Group(
         ("registry",),

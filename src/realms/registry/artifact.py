@@ -48,7 +48,7 @@ from realms.errors import InvalidInput, RealmsError
 from realms.image.realmfs import read_header
 from realms.kinds import IMAGE_KINDS
 from realms.registry import blobs, delta
-from realms.registry.client import Repository
+from realms.registry.client import Repository, remembered_tls
 from realms.registry.manifest import BLOB_LIMIT, OCI_MANIFEST, Descriptor, parse_descriptor
 from realms.registry.reference import Reference, check_digest
 from realms.store import Store
@@ -195,7 +195,7 @@ def pull_artifact(
                 store.blob_path(descriptor.digest).unlink(missing_ok=True)
         if used is None:
             downloaded += _via_image(store, repo, artifact, image, what)
-        source = {"ref": str(ref), "digest": manifest_digest}
+        source = {"ref": str(ref), "digest": manifest_digest, **remembered_tls(repo)}
         # An image made from a delta has the digest the manifest names, as the whole image
         # must: if the checks below refuse it, the whole image would be refused as well.
         try:

@@ -96,6 +96,8 @@ class Repository:
 
     def __init__(self, reference: Reference, *, tls_verify: bool | None = None) -> None:
         self.reference = reference
+        self.tls_verify = tls_verify
+        """As asked: a pull records ``False`` so that pulling again asks the same."""
         self.host = reference.registry
         self.name = reference.repository
         self.transport: Transport = transport(self.host, self.name, tls_verify)
@@ -356,3 +358,21 @@ def _content_range(value: str) -> tuple[int, int | None]:
     if unit != "bytes" or not (start.isascii() and start.isdigit() and end.isdigit()):
         raise InvalidInput(f"a registry answered a ranged GET with Content-Range {value!r}")
     return int(start), int(total) if total.isascii() and total.isdigit() else None
+
+
+TLS_KEY = "tls-verify"
+"""A pulled version's source records ``"tls-verify": "false"`` when it was pulled with
+``--tls-verify=false``: pulling it again, ``pull --all`` and ``outdated`` ask the same unless
+told otherwise (the user chose it for this reference; registries.conf decides the rest)."""
+
+
+def remembered_tls(repo: Repository) -> dict[str, str]:
+    """What a pulled version's source keeps of how ``repo`` was asked."""
+    return {TLS_KEY: "false"} if repo.tls_verify is False else {}
+
+
+def tls_from_source(source: dict[str, str], tls_verify: bool | None) -> bool | None:
+    """How to ask the registry a pulled version came from: as told, else as it was pulled."""
+    if tls_verify is not None:
+        return tls_verify
+    return False if source.get(TLS_KEY) == "false" else None

@@ -39,7 +39,12 @@ from realms.errors import InvalidInput, InvalidName, RealmsError
 from realms.kinds import ImageKind, VersionOrigin
 from realms.names import check_appimg_name
 from realms.registry import blobs, manifest
-from realms.registry.client import MANIFEST_LIMIT, Repository
+from realms.registry.client import (
+    MANIFEST_LIMIT,
+    Repository,
+    remembered_tls,
+    tls_from_source,
+)
 from realms.registry.manifest import ImageConfig, ImageManifest, Platform
 from realms.registry.reference import Reference, parse_reference
 from realms.store import Store
@@ -74,11 +79,19 @@ class Outdated:
     ref: str
     pulled: str
     """The digest of the version pulled last."""
-    current: str
-    """The digest the reference names in the registry now."""
+    current: str | None
+    """The digest the reference names in the registry now; None when it could not be asked."""
+    problem: str | None = None
+    """Why the registry could not be asked (unreachable, refused, the reference is gone)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ref": self.ref, "pulled": self.pulled, "current": self.current}
+        return {
+            "name": self.name,
+            "ref": self.ref,
+            "pulled": self.pulled,
+            "current": self.current,
+            "problem": self.problem,
+        }
 
 
 @dataclass(frozen=True)
@@ -95,10 +108,10 @@ class _Resolved:
     platform: Platform | None
     """The platform picked from an index; None when the reference named one manifest."""
 
-    def source(self, ref: Reference) -> dict[str, str]:
+    def source(self, repo: Repository) -> dict[str, str]:
         """The version's ``source``: the reference and its digest, plus the platform picked
         and its manifest's digest when the reference named an index."""
-        source = {"ref": str(ref), "digest": self.digest}
+        source = {"ref": str(repo.reference), "digest": self.digest, **remembered_tls(repo)}
         if self.platform is not None:
             source |= {"platform": str(self.platform), "manifest": self.manifest_digest}
         return source
@@ -145,8 +158,9 @@ def _looks_like_name(source: str) -> bool:
 
 def _target(
     store: Store, source: str, name: str | None, platform: str | None
-) -> tuple[Reference, str, str | None]:
-    """The reference, the appimg and the platform (None: this host's) a pull is for."""
+) -> tuple[Reference, str, str | None, dict[str, str]]:
+    """The reference, the appimg and the platform (None: this host's) a pull is for, and the
+    source of the version it pulls again (empty for a new reference)."""
     if _looks_like_name(source) and exists(store, source):
         pulled = _last_pulled(load_record(store, source))
         if pulled is None:
@@ -155,9 +169,10 @@ def _target(
                 hint="name a registry reference: HOST[:PORT]/PATH[:TAG]",
             )
         target = check_appimg_name(name) if name else source
-        return parse_reference(pulled["ref"]), target, platform or pulled.get("platform")
+        chosen = platform or pulled.get("platform")
+        return parse_reference(pulled["ref"]), target, chosen, pulled
     ref = parse_reference(source)
-    return ref, check_appimg_name(name) if name else _default_name(ref), platform
+    return ref, check_appimg_name(name) if name else _default_name(ref), platform, {}
 
 
 def _resolve(repo: Repository, ref: Reference, platform: str | None) -> _Resolved:
@@ -269,7 +284,7 @@ def _pull_image(
             if not (tree / "usr").is_dir() and not (tree / "bin").exists():
                 log.warn(f"{ref} has no /usr or /bin: realms made from it may not start")
 
-        new = NewVersion(ImageKind.TREE, VersionOrigin.PULL, str(ref), source=resolved.source(ref))
+        new = NewVersion(ImageKind.TREE, VersionOrigin.PULL, str(ref), source=resolved.source(repo))
         try:
             version = commit(store, name, place, new, mode="either", check=check)
         except _AlreadyPulled:
@@ -285,7 +300,7 @@ def _pull_one(
     pulled = _current_source(store, name)
     if pulled is not None and _same(pulled, resolved):
         if pulled["digest"] != resolved.digest:
-            _note_source(store, name, resolved.source(ref))
+            _note_source(store, name, resolved.source(repo))
         return PullResult(name, str(ref), resolved.digest, None)
     from realms.registry import artifact
 
@@ -314,8 +329,8 @@ def pull(
         return _pull_all(store, tls_verify)
     if source is None:
         raise InvalidInput("name a registry reference or a pulled appimg")
-    ref, target, chosen = _target(store, source, name, platform)
-    return [_pull_one(store, ref, target, chosen, tls_verify)]
+    ref, target, chosen, remembered = _target(store, source, name, platform)
+    return [_pull_one(store, ref, target, chosen, tls_from_source(remembered, tls_verify))]
 
 
 def _pull_all(store: Store, tls_verify: bool | None) -> list[PullResult]:
@@ -323,16 +338,21 @@ def _pull_all(store: Store, tls_verify: bool | None) -> list[PullResult]:
     results: list[PullResult] = []
     failed: list[str] = []
     for item in moved:
+        if item.problem is not None:
+            failed.append(item.name)  # outdated() said why
+            continue
         source = _current_source(store, item.name) or {}
         try:
             ref = parse_reference(item.ref)
-            results.append(_pull_one(store, ref, item.name, source.get("platform"), tls_verify))
+            tls = tls_from_source(source, tls_verify)
+            results.append(_pull_one(store, ref, item.name, source.get("platform"), tls))
         except RealmsError as error:
             log.warn(f"appimg {item.name}: {error}")
             failed.append(item.name)
     if failed:
         raise RealmsError(
-            f"{len(failed)} of {len(moved)} moved appimgs could not be pulled: {', '.join(failed)}"
+            f"{len(failed)} of {len(moved)} appimgs could not be checked or pulled: "
+            f"{', '.join(failed)}"
         )
     return results
 
@@ -360,20 +380,24 @@ def _pulled(store: Store) -> list[tuple[str, dict[str, str]]]:
 def outdated(store: Store, *, tls_verify: bool | None = None) -> list[Outdated]:
     """The pulled appimgs whose reference names another digest in its registry now."""
     found: list[Outdated] = []
-    repositories: dict[str, Repository] = {}
+    repositories: dict[tuple[str, bool | None], Repository] = {}
     for name, source in _pulled(store):
         try:
             ref = parse_reference(source["ref"])
             if ref.digest is not None:
                 continue  # a digest reference never moves
-            repo = repositories.get(ref.name) or Repository(ref, tls_verify=tls_verify)
-            repositories[ref.name] = repo
+            key = (ref.name, tls_from_source(source, tls_verify))
+            repo = repositories.get(key) or Repository(ref, tls_verify=key[1])
+            repositories[key] = repo
             current = repo.head_manifest(ref.target, manifest.ACCEPT)
         except RealmsError as error:
             log.warn(f"appimg {name}: {error}")
+            found.append(Outdated(name, source["ref"], source["digest"], None, str(error)))
             continue
         if current is None:
-            log.warn(f"appimg {name}: {ref} is no longer in its registry")
+            problem = f"{ref} is no longer in its registry"
+            log.warn(f"appimg {name}: {problem}")
+            found.append(Outdated(name, str(ref), source["digest"], None, problem))
         elif current != source["digest"]:
             found.append(Outdated(name, str(ref), source["digest"], current))
     return found

@@ -197,6 +197,30 @@ def push_index(
 # What realms made, and what umoci makes of the same image
 
 
+def test_tls_verify_false_is_remembered_and_an_unreachable_registry_is_not_up_to_date(
+    realms: Realms,
+    registry: RunningRegistry,
+    busybox_tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Without the insecure entry: the user says --tls-verify=false once, for this reference.
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(tmp_path / "none.conf"))
+    image = push_image(registry, "team/plain", "1", [tar_of_tree(busybox_tree)])
+    refused = realms("appimg", "pull", image.ref, check=False)
+    assert refused.returncode != 0 and "TLS" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    pull(realms, image.ref, "--tls-verify=false")
+    assert versions(realms, "plain")[0]["source"]["tls-verify"] == "false"
+    assert pull(realms, "plain")[0]["version"] is None  # asked the same way: up to date
+    assert realms.json("appimg", "outdated") == []
+    # Asked to verify, the same registry cannot be checked: listed with why, not "up to date".
+    (listed,) = realms.json("appimg", "outdated", "--tls-verify=true")
+    assert listed["current"] is None and "TLS" in listed["problem"]
+    failed = realms("appimg", "pull", "--all", "--tls-verify=true", check=False)
+    assert failed.returncode != 0 and "could not be checked or pulled: plain" in failed.stderr
+
+
 def appimgs(realms: Realms) -> list[str]:
     return sorted(item["name"] for item in realms.json("appimg", "list"))
 
@@ -392,6 +416,7 @@ def test_a_moved_tag_is_outdated_and_pull_all_pulls_it(
         "ref": first.ref,
         "pulled": first.digest,
         "current": moved.digest,
+        "problem": None,
     }
     (result,) = pull(realms, "--all")
     assert (result["name"], result["version"], result["digest"]) == ("base", 2, moved.digest)
