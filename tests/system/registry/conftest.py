@@ -4,6 +4,9 @@
 - ``registry``: a plain-http registry with deletes enabled; ``.host`` is ``127.0.0.1:PORT``,
   ``.storage`` its data directory (tests that play a hostile registry write there behind its
   back).
+- ``insecure_registry``: realms, skopeo and buildah treat ``registry`` as insecure, through the
+  registries.conf they all read, as a user would configure it (a module uses it for all its
+  tests with ``pytestmark = pytest.mark.usefixtures("insecure_registry")``).
 """
 
 from __future__ import annotations
@@ -110,3 +113,12 @@ def token_registry(registry_binary: Path, tmp_path: Path) -> Iterator[TokenRegis
         }
         with start_registry(registry_binary, tmp_path / "token-registry", extra) as running:
             yield TokenRegistry(running, tokens)
+
+
+@pytest.fixture
+def insecure_registry(
+    registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = tmp_path / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
+    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))

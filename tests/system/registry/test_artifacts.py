@@ -29,17 +29,13 @@ from realms.registry.artifact import (
 )
 from tests.helpers import Realms
 from tests.system.registry.conftest import RunningRegistry
+from tests.system.registry.oci import put_manifest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CHANNEL = "test"
 _stores = itertools.count()
 
-
-def insecure(registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The test's plain-http registry is insecure, as a user would configure it."""
-    conf = tmp_path / "registries.conf"
-    conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
-    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))
+pytestmark = pytest.mark.usefixtures("insecure_registry")
 
 
 def second_store(btrfs_pool: Path) -> Realms:
@@ -66,13 +62,6 @@ def sealed_app(realms: Realms, busybox_tree: Path, tmp_path: Path) -> str:
 
 
 # The fixtures are thin: test_delta_hostile.py defines the same ones with the functions above.
-
-
-@pytest.fixture(autouse=True)
-def insecure_registry(
-    registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    insecure(registry, tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -119,34 +108,10 @@ def get_manifest(registry: RunningRegistry, repository: str, target: str) -> dic
     return data
 
 
-def put_manifest(registry: RunningRegistry, repository: str, tag: str, data: dict[str, Any]) -> str:
-    body = json.dumps(data).encode()
-    answer = requests.put(
-        f"{registry.url}/v2/{repository}/manifests/{tag}",
-        data=body,
-        headers={"Content-Type": OCI_MANIFEST},
-        timeout=30,
-    )
-    assert answer.status_code == 201, answer.text
-    return f"sha256:{hashlib.sha256(body).hexdigest()}"
-
-
-def put_blob(registry: RunningRegistry, repository: str, data: bytes) -> str:
-    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    started = requests.post(f"{registry.url}/v2/{repository}/blobs/uploads/", timeout=30)
-    assert started.status_code == 202, started.text
-    location = started.headers["Location"]
-    if location.startswith("/"):
-        location = registry.url + location
-    done = requests.put(
-        location,
-        params={"digest": digest},
-        data=data,
-        headers={"Content-Type": "application/octet-stream"},
-        timeout=120,
-    )
-    assert done.status_code == 201, done.text
-    return digest
+def put_json_manifest(
+    registry: RunningRegistry, repository: str, tag: str, data: dict[str, Any]
+) -> str:
+    return put_manifest(registry, repository, tag, json.dumps(data).encode(), OCI_MANIFEST)
 
 
 def versions(realms: Realms, name: str) -> list[dict[str, Any]]:

@@ -32,15 +32,14 @@ from realms.registry.artifact import (
 )
 from tests.helpers import Realms
 from tests.system.registry.conftest import RunningRegistry
+from tests.system.registry.oci import put_blob
 from tests.system.registry.test_artifacts import (
     OCI_MANIFEST,
     get_manifest,
     image_file,
-    insecure,
     pull,
     push,
-    put_blob,
-    put_manifest,
+    put_json_manifest,
     sealed_app,
     second_store,
     sha256_file,
@@ -51,12 +50,7 @@ from tests.system.registry.test_artifacts import (
 
 REPOSITORY = "team/app"
 
-
-@pytest.fixture(autouse=True)
-def insecure_registry(
-    registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    insecure(registry, tmp_path, monkeypatch)
+pytestmark = pytest.mark.usefixtures("insecure_registry")
 
 
 @pytest.fixture
@@ -109,7 +103,7 @@ def craft(
         },
         "layers": layers,
     }
-    put_manifest(registry, REPOSITORY, tag, manifest)
+    put_json_manifest(registry, REPOSITORY, tag, manifest)
     return f"{registry.host}/{REPOSITORY}:{tag}"
 
 
@@ -244,7 +238,7 @@ def test_bad_delta_means_the_whole_image(
             "annotations": {DELTA_BASE: sha256_file(base)},
         },
     ]
-    put_manifest(registry, REPOSITORY, kind, manifest)
+    put_json_manifest(registry, REPOSITORY, kind, manifest)
 
     result = other("appimg", "pull", f"{registry.host}/{REPOSITORY}:{kind}", "--json")
     assert "realms: warning: the delta from version 1 failed" in result.stderr, result.stderr

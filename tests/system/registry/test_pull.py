@@ -12,7 +12,6 @@ with ``test_pull_hostile.py``.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -25,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from tests.helpers import Realms, make_busybox_tree
 from tests.system.registry.conftest import RunningRegistry
+from tests.system.registry.oci import put_blob, put_manifest, sha256
 from tests.system.registry.trees import assert_same_tree
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -36,54 +35,10 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
+pytestmark = pytest.mark.usefixtures("insecure_registry")
+
 
 # The registry, as the tests reach it
-
-
-@pytest.fixture(autouse=True)
-def insecure_registry(
-    registry: RunningRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """realms, skopeo and buildah treat the test's plain-http registry as insecure (through the
-    registries.conf they all read), as a user would configure it."""
-    conf = tmp_path / "registries.conf"
-    conf.write_text(f'[[registry]]\nlocation = "{registry.host}"\ninsecure = true\n')
-    monkeypatch.setenv("CONTAINERS_REGISTRIES_CONF", str(conf))
-
-
-def sha256(data: bytes) -> str:
-    return f"sha256:{hashlib.sha256(data).hexdigest()}"
-
-
-def put_blob(registry: RunningRegistry, repository: str, data: bytes) -> str:
-    digest = sha256(data)
-    started = requests.post(f"{registry.url}/v2/{repository}/blobs/uploads/", timeout=30)
-    assert started.status_code == 202, started.text
-    location = started.headers["Location"]
-    if location.startswith("/"):
-        location = registry.url + location
-    done = requests.put(
-        location,
-        params={"digest": digest},
-        data=data,
-        headers={"Content-Type": "application/octet-stream"},
-        timeout=60,
-    )
-    assert done.status_code == 201, done.text
-    return digest
-
-
-def put_manifest(
-    registry: RunningRegistry, repository: str, tag: str, body: bytes, media_type: str
-) -> str:
-    answer = requests.put(
-        f"{registry.url}/v2/{repository}/manifests/{tag}",
-        data=body,
-        headers={"Content-Type": media_type},
-        timeout=30,
-    )
-    assert answer.status_code == 201, answer.text
-    return sha256(body)
 
 
 def tar_of(entries: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) -> bytes:

@@ -16,19 +16,20 @@ import pytest
 
 from tests.helpers import Realms
 from tests.system.registry.conftest import RunningRegistry
+from tests.system.registry.oci import put_blob
 from tests.system.registry.test_pull import (
     Pushed,
     appimgs,
     assert_store_unchanged,
     entry,
     file_entry,
-    insecure_registry,  # noqa: F401 (autouse: the test registry is insecure for every tool)
     push_image,
     push_index,
-    put_blob,
     tar_of,
     tar_of_tree,
 )
+
+pytestmark = pytest.mark.usefixtures("insecure_registry")
 
 
 @pytest.fixture
