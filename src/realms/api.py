@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from realms.appimg.versions import Pruned
     from realms.builder.build import BuildResult
     from realms.image.keys import KeyInfo, Keyring
+    from realms.lifecycle.control import Started
     from realms.realm import (
         RealmInfo,
         default_realm,
@@ -100,6 +101,7 @@ __all__ = [
     "Version",
     "appimg_versions",
     "build_appimg",
+    "current_realm",
     "default",
     "default_realm",
     "export_appimg",
@@ -123,6 +125,7 @@ __all__ = [
     "registry_logout",
     "remove_appimg",
     "remove_realm",
+    "restart_realm",
     "revoke_key",
     "rollback_appimg",
     "run_in_realm",
@@ -131,7 +134,9 @@ __all__ = [
     "shell",
     "show_appimg",
     "show_realm",
+    "start_realm",
     "status",
+    "stop_realm",
     "trust_key",
     "update_appimg",
     "verify_appimg",
@@ -392,6 +397,40 @@ def shell(store: Store, name: str | None = None, *, root: bool = False) -> int:
     if name is None:
         raise RealmsError("no realm named and no default realm", hint="name one: realms shell NAME")
     return run_in_realm(store, name, [], root=root)
+
+
+def start_realm(
+    store: Store, name: str | None, *, autostart: bool = False, timeout: int | None = None
+) -> list[Started]:
+    """Boot realm ``name`` (and the realms it requires first), or with ``autostart`` every
+    realm whose config says so; return what was started, in order."""
+    from realms.lifecycle.control import start
+
+    return start(store, name, autostart=autostart, timeout=timeout)
+
+
+def stop_realm(
+    store: Store, name: str, *, timeout: int | None = None, force: bool = False
+) -> list[str]:
+    """Stop a running realm (with ``force``, the running realms that require it first); return
+    the realms stopped, in order."""
+    from realms.lifecycle.control import stop
+
+    return stop(store, name, timeout=timeout, force=force)
+
+
+def restart_realm(store: Store, name: str) -> Started:
+    from realms.lifecycle.control import restart
+
+    return restart(store, name)
+
+
+def current_realm(store: Store, name: str | None = None) -> str | None:
+    """The current realm (else the default realm), or make ``name`` current (starting it when
+    its appimg boots) and return it."""
+    from realms.lifecycle.control import current
+
+    return current(store, name)
 
 
 def open_store(path: str | Path | None = None) -> Store:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from realms import settings
-from realms.kinds import Isolation, VerityMode
+from realms.kinds import Isolation, NetworkMode, VerityMode
 from realms.settings import BOOL, STRING, STRINGS, Setting, choice, whole_number
 
 DEFAULT_APPIMG = Setting(
@@ -76,14 +76,22 @@ REALM_SETTINGS: list[Setting[Any]] = [
         "use-network",
         BOOL,
         True,
-        "share the host's network; false gives the realm a private network (loopback only)",
+        "false: no network at all (loopback only), whatever network says",
+    ),
+    Setting(
+        "network",
+        choice(*NetworkMode),
+        NetworkMode.HOST,
+        "host: the host's network; private: a network of the realm's zone (a veth into the "
+        "zone's bridge, an address of its subnet, NAT to the outside); none: loopback only "
+        "(what use-network false means, whatever this says)",
     ),
     Setting(
         "network-zone",
         STRING,
         "clear",
-        "Citadel's network zone; accepted for compatibility, realms shares the host's "
-        "network or none (use-network)",
+        "the zone of a private network: realms of one zone reach each other by name, other "
+        "zones only where the global config's [zones.NAME] allow says so",
     ),
     Setting(
         "use-shared-dir", BOOL, False, "bind the store's Shared/ directory at /home/user/Shared"
@@ -125,7 +133,13 @@ REALM_SETTINGS: list[Setting[Any]] = [
         "autostart",
         BOOL,
         False,
-        "Citadel's autostart; accepted for compatibility, realms starts nothing at boot",
+        "boot the realm with `realms start --autostart` (what the boot-time unit runs)",
+    ),
+    Setting(
+        "requires",
+        STRINGS,
+        [],
+        "realms started before this one and stopped after it",
     ),
 ]
 

@@ -63,6 +63,17 @@ class Isolation(StrEnum):
     """Host root (an explicit opt-out)."""
 
 
+class NetworkMode(StrEnum):
+    """A realm's network (realm config ``network``; ``use-network = false`` means NONE)."""
+
+    HOST = "host"
+    """The host's network namespace."""
+    PRIVATE = "private"
+    """A veth into its zone's bridge, an address of the zone's subnet, NAT to the outside."""
+    NONE = "none"
+    """Loopback only."""
+
+
 class RealmState(StrEnum):
     """Whether something runs in a realm (booted realms add starting and stopping)."""
 

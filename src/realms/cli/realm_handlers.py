@@ -86,3 +86,48 @@ def run(call: Call) -> int:
     if not call.trailing:
         raise UsageError("run needs a command after --: realms run NAME -- COMMAND ...")
     return api.run_in_realm(call.store, call.text("name"), call.trailing, root=call.flag("root"))
+
+
+def start(call: Call) -> int:
+    name, autostart = call.maybe_text("name"), call.flag("autostart")
+    if autostart == (name is not None):
+        raise UsageError("name a realm to start, or give --autostart")
+    started = api.start_realm(
+        call.store, name, autostart=autostart, timeout=call.maybe_number("timeout")
+    )
+    for result in started:
+        log.note(result.message())
+    if autostart and not started:
+        log.note("No realm has autostart = true")
+    return 0
+
+
+def stop(call: Call) -> int:
+    stopped = api.stop_realm(
+        call.store,
+        call.text("name"),
+        timeout=call.maybe_number("timeout"),
+        force=call.flag("force"),
+    )
+    for name in stopped:
+        log.note(f"Stopped realm {name}")
+    return 0
+
+
+def restart(call: Call) -> int:
+    result = api.restart_realm(call.store, call.text("name"))
+    log.note(result.message())
+    return 0
+
+
+def current(call: Call) -> int:
+    name = call.maybe_text("name")
+    chosen = api.current_realm(call.store, name)
+    if name is None:
+        if chosen is None:
+            log.note("No current realm, and no default realm")
+            return 1
+        print(chosen)
+    else:
+        log.note(f"Realm {chosen} is current")
+    return 0

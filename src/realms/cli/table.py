@@ -496,6 +496,48 @@ COMMANDS: tuple[Group | Command, ...] = (
         ),
     ),
     Command(
+        ("start",),
+        "boot a realm's init in the background and wait until it is ready",
+        "realm_handlers.start",
+        "Boot realm NAME: its init (systemd) runs as PID 1 of the container "
+        "(systemd-nspawn --boot), supervised in the background; the command returns once the "
+        "realm reports ready, or fails after --timeout with the end of its console log (the "
+        "realm is stopped then). The realms it requires start first. --autostart starts "
+        "every realm whose config says autostart = true, in order.",
+        (
+            Arg("name", optional=True, complete="realm"),
+            Arg("--autostart", "start every realm with autostart = true", flag=True),
+            Arg("--timeout", "seconds to wait for ready (default 30)", type=int, metavar="S"),
+        ),
+    ),
+    Command(
+        ("stop",),
+        "shut a running realm down (its init first, then SIGKILL after the timeout)",
+        "realm_handlers.stop",
+        "Ask the realm's init to power off and wait; after --timeout seconds (default 10) "
+        "every process of the realm is killed. A realm that running realms require is refused "
+        "unless --force, which stops those first.",
+        (
+            NAME_REALM,
+            Arg("--timeout", "seconds before SIGKILL (default 10)", type=int, metavar="S"),
+            Arg("--force", "stop the realms that require it first", flag=True),
+        ),
+    ),
+    Command(
+        ("restart",),
+        "stop a running realm and start it again",
+        "realm_handlers.restart",
+        args=(NAME_REALM,),
+    ),
+    Command(
+        ("current",),
+        "print the current realm, or make NAME current (starting it if it boots)",
+        "realm_handlers.current",
+        "The current realm is the one shell and run use without a name. It is kept in "
+        "/run/realms, so it goes back to the default realm when the host boots.",
+        (Arg("name", optional=True, complete="realm"),),
+    ),
+    Command(
         ("shell",),
         "open a login shell in a realm (as the realm's user, uid 1000, unless --root)",
         "realm_handlers.shell",
