@@ -6,6 +6,8 @@
 - ``busybox_tree`` / ``base``: a tiny root filesystem (busybox-static), imported as appimg base.
 - ``debian_tarball`` (session, slow): a Debian trixie minbase made with mmdebstrap from the
   mirror in the host's apt sources.
+- ``bootable_tree`` (session, slow): a trixie minbase directory with systemd as /sbin/init, dbus
+  and iproute2, which ``systemd-nspawn --boot`` boots (booted realms, issue 13).
 
 Every mount and loop device made here is undone at teardown, also when a test fails, and only
 those: the checks look under the fixture's own directories.
@@ -107,6 +109,34 @@ def debian_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--quiet",
             "--variant=minbase",
             '--customize-hook=chroot "$1" useradd --create-home --uid 1000 --user-group user',
+            "trixie",
+            str(target),
+            host_debian_mirror(),
+        ],
+        check=True,
+    )
+    return target
+
+
+@pytest.fixture(scope="session")
+def bootable_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Debian trixie minbase root directory that boots: systemd, systemd-sysv (/sbin/init),
+    dbus, iproute2, user 'user' (uid 1000). Read-only for tests: import it, or copy it first."""
+    from realms.system.apt import host_debian_mirror
+
+    if not shutil.which("mmdebstrap"):
+        pytest.fail("mmdebstrap is not installed (./setup.sh installs it)")
+    target = tmp_path_factory.mktemp("bootable") / "root"
+    subprocess.run(
+        [
+            "mmdebstrap",
+            "--quiet",
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv,dbus,iproute2",
+            '--customize-hook=chroot "$1" useradd --create-home --uid 1000 --user-group user',
+            # No login prompt on the console: a booted realm is entered with run/shell, and a
+            # getty only adds to the boot time and the console log.
+            '--customize-hook=chroot "$1" systemctl mask console-getty.service getty.target',
             "trixie",
             str(target),
             host_debian_mirror(),
