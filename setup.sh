@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
 PACKAGES=(btrfs-progs systemd-container mmdebstrap debootstrap busybox-static zstd pigz xz-utils
-          tar util-linux e2fsprogs erofs-utils cryptsetup-bin python3-venv)
+          tar util-linux e2fsprogs erofs-utils cryptsetup-bin python3-venv nftables)
 # The tests boot Debian's kernel in QEMU to check sealed images against the real dm-verity, build
 # a static setuid program for the attacks of a host user (gcc, libc6-dev), and watch processes;
 # the registry tests check that podman, skopeo, buildah and umoci read what realms pushes and
