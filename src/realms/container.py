@@ -8,6 +8,11 @@ plain pipe otherwise so that scripts can feed stdin and read stdout. The command
 under nspawn's stub init, so that signals and zombie reaping behave as on a normal system, and
 its exit status is passed through.
 
+A booted realm (:mod:`realms.lifecycle`) is the same container with ``boot`` set: the tree's
+own init runs as PID 1 (``--boot``), nspawn reports READY on ``NOTIFY_SOCKET`` once init is up,
+the console is read-only output (to the realm's console log), and :func:`launch` returns at
+once, leaving the waiting to the supervisor. SIGTERM to that nspawn asks init to shut down.
+
 Every container runs in a user namespace unless told otherwise (see :mod:`realms.system.idmap`):
 its root is an unprivileged host uid, and it cannot make device nodes. Its root filesystem is
 prepared in a mount namespace of the container's own, made between fork and exec of nspawn, so
@@ -99,6 +104,10 @@ class Container:
     private_users: int | str | None = PICK
     """The user namespace: the first host uid of the realm's own range, :data:`PICK`, or None
     to run as host root (a realm with ``isolation = "privileged"``)."""
+    boot: bool = False
+    """Run the tree's init as PID 1 instead of ``command`` (a booted realm)."""
+    extra_args: list[str] = field(default_factory=list)
+    """More nspawn options (a booted realm's network)."""
 
 
 def systemd_is_pid1() -> bool:
@@ -193,10 +202,13 @@ def nspawn_argv(
         "--quiet",
         f"--directory={container.rootfs}",
         f"--machine={container.machine}",
-        "--as-pid2",
         "--link-journal=no",
-        f"--console={'interactive' if interactive else 'pipe'}",
     ]
+    if container.boot:
+        # The console's output goes to the realm's log; nothing is typed at it.
+        argv += ["--boot", "--notify-ready=yes", "--console=read-only"]
+    else:
+        argv += ["--as-pid2", f"--console={'interactive' if interactive else 'pipe'}"]
     if not (systemd_is_pid1() if systemd_pid1 is None else systemd_pid1):
         argv += ["--register=no", "--keep-unit"]
     userns = container.private_users is not None
@@ -208,9 +220,9 @@ def nspawn_argv(
         # overlayfs mount itself.
         ownership = "off" if container.overlay is not None else "map"
         argv += [f"--private-users={users}", f"--private-users-ownership={ownership}"]
-    if container.user:
+    if container.user and not container.boot:
         argv.append(f"--user={container.user}")
-    if container.workdir:
+    if container.workdir and not container.boot:
         argv.append(f"--chdir={container.workdir}")
     if container.private_network:
         argv.append("--private-network")
@@ -221,7 +233,8 @@ def nspawn_argv(
     if container.pristine:
         argv += ["--resolv-conf=bind-host", "--timezone=off"]
     argv += [f"--setenv={key}={value}" for key, value in container.environment.items()]
-    if container.command:
+    argv += container.extra_args
+    if container.command and not container.boot:
         argv += ["--", *container.command]
     return argv
 
@@ -276,6 +289,12 @@ def prepare_root(container: Container, userns: idmap.UserNamespace | None) -> No
     the realm's layer, or a fresh tmpfs, above.
     """
     idmap.enter_private_mount_namespace(_paths_used(container))
+    if container.boot:
+        # nspawn's cleanup refuses to remove its propagation directory from a /run that is not
+        # a tmpfs (machines without systemd) and says so on every exit; a tmpfs of this mount
+        # namespace's own keeps the message out of the console log and nothing on the host.
+        os.makedirs(_PROPAGATE_PARENT, mode=0o755, exist_ok=True)
+        idmap.mount("realms-nspawn", Path(_PROPAGATE_PARENT), "tmpfs", "mode=0755")
     for directory, options in container.scratch:
         idmap.mount("realms-scratch", directory, "tmpfs", options)
     overlay = container.overlay
@@ -302,6 +321,8 @@ def prepare_root(container: Container, userns: idmap.UserNamespace | None) -> No
     )
 
 
+_PROPAGATE_PARENT = "/run/systemd/nspawn"
+
 # nspawn's cleanup refuses to remove its propagation directory when /run is not a tmpfs (as on
 # machines without systemd) and says so on every exit; the message is noise to realms' users.
 _NOISE = re.compile(rb'^Attempted to remove disk file system under "/run/systemd/nspawn/propagate/')
@@ -318,39 +339,43 @@ def _copy_stderr(source: IO[bytes], target: IO[bytes], consume: LineFilter | Non
         target.flush()
 
 
-def run(
-    container: Container, *, log: IO[bytes] | None = None, consume: LineFilter | None = None
-) -> int:
-    """Run the container to completion and return its exit status.
-
-    Output goes to realms' own stdout and stderr, or with ``log`` to that file (stdin is then
-    empty). ``consume`` sees every line of stderr first and keeps those it returns True for out
-    of the output (progress reports).
-
-    If realms is told to stop (SIGTERM, SIGHUP), the container is stopped first and then the
-    Interrupted error goes on, so that callers never take a stopped run for a finished one. If
-    realms is killed outright, nspawn gets SIGTERM from the kernel and stops the container.
-    """
-    interactive = log is None and sys.stdin.isatty() and sys.stdout.isatty()
+def launch(
+    container: Container,
+    argv: list[str],
+    *,
+    stdin: int | IO[bytes] | None,
+    stdout: int | IO[bytes] | None,
+    stderr: int | IO[bytes] | None,
+    env: dict[str, str] | None = None,
+    cgroup: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start nspawn (``argv``, from :func:`nspawn_argv`) with the container's root prepared in
+    its own mount namespace, and return the process; it gets SIGTERM (stops its container) if
+    the caller dies. With ``cgroup`` (a cgroup2 directory) nspawn is moved there before exec,
+    so that everything of the container is in it."""
     if container.overlay is not None:
         _check_layer_paths(container.overlay)
     userns = _userns_for(container)
     # What went wrong in the child before exec comes back through this pipe.
     failure_read, failure_write = os.pipe2(os.O_CLOEXEC)
+    procs = os.fsencode(cgroup / "cgroup.procs") if cgroup is not None else None
 
     def prepare() -> None:
         try:
+            if procs is not None:
+                _join_cgroup(procs)
             prepare_root(container, userns)
         except BaseException as error:
             os.write(failure_write, str(error).encode(errors="replace")[:4000])
             raise
 
     try:
-        process = popen(
-            nspawn_argv(container, interactive),
-            stdin=subprocess.DEVNULL if log is not None else None,
-            stdout=log,
-            stderr=subprocess.PIPE,
+        return popen(
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
             die_with_parent=True,
             setup=prepare,
         )
@@ -367,6 +392,39 @@ def run(
             os.close(failure_write)
         if userns is not None:
             userns.close()
+
+
+def _join_cgroup(procs: bytes) -> None:
+    """Move the calling process into the cgroup whose ``cgroup.procs`` is ``procs`` ("0" is the
+    writer itself)."""
+    fd = os.open(procs, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
+def run(
+    container: Container, *, log: IO[bytes] | None = None, consume: LineFilter | None = None
+) -> int:
+    """Run the container to completion and return its exit status.
+
+    Output goes to realms' own stdout and stderr, or with ``log`` to that file (stdin is then
+    empty). ``consume`` sees every line of stderr first and keeps those it returns True for out
+    of the output (progress reports).
+
+    If realms is told to stop (SIGTERM, SIGHUP), the container is stopped first and then the
+    Interrupted error goes on, so that callers never take a stopped run for a finished one. If
+    realms is killed outright, nspawn gets SIGTERM from the kernel and stops the container.
+    """
+    interactive = log is None and sys.stdin.isatty() and sys.stdout.isatty()
+    process = launch(
+        container,
+        nspawn_argv(container, interactive),
+        stdin=subprocess.DEVNULL if log is not None else None,
+        stdout=log,
+        stderr=subprocess.PIPE,
+    )
     assert process.stderr is not None
     target = log if log is not None else sys.stderr.buffer
     copier = threading.Thread(

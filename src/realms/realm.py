@@ -37,7 +37,7 @@ from realms.system.fs import atomic_symlink, atomic_write, fsync_dir
 from realms.units import now
 
 if TYPE_CHECKING:
-    from realms.container import Bind, Overlay, TreeView
+    from realms.container import Bind, Container, Overlay, TreeView
 
 # realms.activation and realms.container are imported by the functions that use them: a realm
 # on a tree is made, listed and removed without them (a shorter start-up for those commands).
@@ -408,6 +408,19 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
     on a block or sealed version runs on an overlay of the activated image (checked first, see
     :mod:`realms.activation`) and its own writable layer.
     """
+    from realms.container import run as run_container
+
+    with running(store, name) as directory:
+        container, _view = realm_container(store, name, directory, command, root=root)
+        return run_container(container)
+
+
+def realm_container(
+    store: Store, name: str, directory: Path, command: list[str], *, root: bool
+) -> tuple[Container, TreeView]:
+    """Realm ``name``'s container for ``command`` (with ``root``, as root; else as its user),
+    and its files as they will be seen; the caller holds the realm as running. A booted realm
+    (:mod:`realms.lifecycle`) takes the same container with root and no command."""
     from realms.container import (
         REALM_HOME,
         Container,
@@ -416,43 +429,41 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
         default_locale,
         user_of_uid,
     )
-    from realms.container import run as run_container
 
-    with running(store, name) as directory:
-        settings = realm_settings(store, name)
-        found = _ensure_uid_base(store, name, origin.load(directory))
-        userns = settings["isolation"] == Isolation.USERNS
-        rootfs = RealmFiles(directory).rootfs
-        overlay = None
-        view = TreeView([rootfs])
-        if found.kind in IMAGE_KINDS:
-            overlay, view = _image_layers(store, name, found, settings, userns)
-            if overlay is None:
-                rootfs = view.layers[0]  # overlay = "none": the image itself, read-only
-        check_os_tree(view, f"the root filesystem of realm {name!r}")
-        user = None
-        if not root:
-            user = user_of_uid(view, REALM_UID)
-            if user is None:
-                raise RealmsError(
-                    f"realm {name!r} has no user with uid {REALM_UID} in its /etc/passwd",
-                    hint="run as root with --root, or make the appimg with a user",
-                )
-        uid_base = found.uid_base if userns and found.uid_base is not None else 0
-        binds, tmpfs = _binds(store, name, settings, uid_base)
-        lang = default_locale(view)
-        container = Container(
-            rootfs=rootfs,
-            machine=name,
-            command=command,
-            user=user,
-            binds=binds,
-            scratch=tmpfs,
-            private_network=not settings["use-network"],
-            workdir=REALM_HOME if user else None,
-            environment={"LANG": lang} if lang else {},
-            overlay=overlay,
-            read_only=found.kind in IMAGE_KINDS and overlay is None,
-            private_users=uid_base if userns else None,
-        )
-        return run_container(container)
+    settings = realm_settings(store, name)
+    found = _ensure_uid_base(store, name, origin.load(directory))
+    userns = settings["isolation"] == Isolation.USERNS
+    rootfs = RealmFiles(directory).rootfs
+    overlay = None
+    view = TreeView([rootfs])
+    if found.kind in IMAGE_KINDS:
+        overlay, view = _image_layers(store, name, found, settings, userns)
+        if overlay is None:
+            rootfs = view.layers[0]  # overlay = "none": the image itself, read-only
+    check_os_tree(view, f"the root filesystem of realm {name!r}")
+    user = None
+    if not root:
+        user = user_of_uid(view, REALM_UID)
+        if user is None:
+            raise RealmsError(
+                f"realm {name!r} has no user with uid {REALM_UID} in its /etc/passwd",
+                hint="run as root with --root, or make the appimg with a user",
+            )
+    uid_base = found.uid_base if userns and found.uid_base is not None else 0
+    binds, tmpfs = _binds(store, name, settings, uid_base)
+    lang = default_locale(view)
+    container = Container(
+        rootfs=rootfs,
+        machine=name,
+        command=command,
+        user=user,
+        binds=binds,
+        scratch=tmpfs,
+        private_network=not settings["use-network"],
+        workdir=REALM_HOME if user else None,
+        environment={"LANG": lang} if lang else {},
+        overlay=overlay,
+        read_only=found.kind in IMAGE_KINDS and overlay is None,
+        private_users=uid_base if userns else None,
+    )
+    return container, view

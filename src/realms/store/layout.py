@@ -17,9 +17,15 @@ Layout of a store (default ``/var/lib/realms``)::
     cache/packages/RELEASE  downloaded .deb files; cache/builds/KEY finished builds
     cache/blobs/sha256/HEX  registry blobs whose digest was checked (pull, push);
     cache/blobs/partial/    blob downloads under way, resumed by the next pull
-    logs/                   build logs
+    logs/                   build logs; realm-NAME.console: a booted realm's console
+    network/                zones.toml: the subnets given to zones without one in the config
     keys/                   trust.toml and signing/CHANNEL.key (mode 0700)
     locks/                  the lock files below (mode 0700)
+
+Runtime state of booted realms (:mod:`realms.lifecycle`) is outside the store, under
+``/run/realms/KEY/`` (KEY: a short hash of the store's path, so that several stores on one
+machine never meet): ``NAME.json`` per started realm, ``NAME.notify`` (nspawn's notify socket);
+each realm's processes are in the cgroup ``realms/KEY-NAME`` of the cgroup2 hierarchy.
 
 Temporary names (see :mod:`realms.store.txn`): ``.new.NAME.RANDOM`` (being made),
 ``.del.NAME.RANDOM`` (being deleted), ``.update.RANDOM`` (an update's or a seal's working copy),
@@ -41,6 +47,8 @@ that holds one of them and waits for another always waits for one further down t
     activate.NAME activating and releasing appimg NAME's image versions
     cache         the finished builds in cache/builds
     keys          the keyring (trust.toml, signing keys)
+    network       zones' subnets, realms' addresses, the bridges and nftables rules
+                  (realms.network; nothing is taken while holding it)
 
 Examples of the order: a build holds its build lock and commits under the appimg lock; an
 update session holds the update lock and takes the appimg lock for moments; ``realms new``
@@ -86,6 +94,9 @@ APPIMG_WAIT = 30.0
 ACTIVATION_WAIT = 120.0
 KEYRING_WAIT = 30.0
 
+RUNTIME_ROOT = Path("/run/realms")
+"""Runtime state of booted realms; it is not the store's, and means nothing after a reboot."""
+
 
 @dataclass(frozen=True)
 class RealmFiles:
@@ -128,6 +139,11 @@ class RealmFiles:
     def lower(self) -> Path:
         """Where an image realm in a user namespace sees its image idmapped."""
         return self.directory / "lower"
+
+    @property
+    def network(self) -> Path:
+        """The realm's zone and address (private network), and its running veth's record."""
+        return self.directory / "network.toml"
 
     @property
     def tmpfs(self) -> Path:
@@ -196,6 +212,33 @@ class Layout:
     @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
+
+    def console_log_path(self, name: str) -> Path:
+        """A booted realm's console (its init's output, nspawn's messages)."""
+        return self.logs_dir / f"realm-{check_lock_name('realm', name)}.console"
+
+    # Runtime state of booted realms (outside the store)
+
+    @property
+    def runtime_key(self) -> str:
+        """A short name of this store that is the same for every path that reaches it."""
+        import hashlib
+
+        return hashlib.sha256(os.fsencode(os.path.realpath(self.root))).hexdigest()[:12]
+
+    @property
+    def runtime_dir(self) -> Path:
+        return RUNTIME_ROOT / self.runtime_key
+
+    def runtime_state_path(self, name: str) -> Path:
+        return self.runtime_dir / f"{check_lock_name('realm', name)}.json"
+
+    def notify_socket_path(self, name: str) -> Path:
+        return self.runtime_dir / f"{check_lock_name('realm', name)}.notify"
+
+    def cgroup_name(self, name: str) -> str:
+        """The realm's cgroup, relative to the root of a cgroup hierarchy."""
+        return f"realms/{self.runtime_key}-{check_lock_name('realm', name)}"
 
     # Appimgs
 
@@ -289,6 +332,12 @@ class Layout:
     def build_log_path(self, name: str, stamp: str) -> Path:
         return self.logs_dir / f"build-{name}-{stamp}.log"
 
+    # Networks
+
+    @property
+    def network_dir(self) -> Path:
+        return self.root / "network"
+
     # Keys
 
     @property
@@ -333,6 +382,10 @@ class Layout:
     @property
     def keyring_lock_path(self) -> Path:
         return self.locks_dir / "keys.lock"
+
+    @property
+    def network_lock_path(self) -> Path:
+        return self.locks_dir / "network.lock"
 
     # The locks, in the lock order
 
@@ -399,3 +452,7 @@ class Layout:
 
     def keyring_lock(self, *, wait: float | None = KEYRING_WAIT) -> AbstractContextManager[None]:
         return locks.hold(self.keyring_lock_path, what="the keyring", wait=wait)
+
+    def network_lock(self, *, wait: float | None = APPIMG_WAIT) -> AbstractContextManager[None]:
+        """Held while addresses are given out and bridges and rules are changed."""
+        return locks.hold(self.network_lock_path, what="the realms' networks", wait=wait)

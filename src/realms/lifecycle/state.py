@@ -1,0 +1,200 @@
+"""The runtime state of a booted realm, and the truth about it.
+
+Its supervisor (:mod:`realms.lifecycle.supervisor`) writes ``/run/realms/KEY/NAME.json``
+(atomically, the only writer while it lives): the state (starting, running, stopping), the
+supervisor's, nspawn's and the realm init's pids, each with its start time (field 22 of
+``/proc/PID/stat``, so that a reused pid is never taken for the one recorded), the boot id,
+when it started, its cgroup and address.
+
+The file is never believed on its own: :func:`running` checks it against the machine every
+time. After a host reboot (another boot id: /run may not be a tmpfs) or once the supervisor is
+gone and the realm's cgroup is empty, the realm is stopped, whatever the file says; the file is
+removed by the next command that holds the realm's lock (:func:`forget`). A realm whose
+supervisor died while processes remain in its cgroup is ``stopping``: nspawn got SIGTERM when
+its supervisor died, and the next start or stop kills what is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from realms.kinds import RealmState
+from realms.lifecycle import cgroups
+from realms.store import Store
+from realms.system.fs import atomic_write
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    start: int
+    """Start time in clock ticks after boot (/proc/PID/stat field 22)."""
+
+    @classmethod
+    def of(cls, pid: int) -> Process | None:
+        start = start_time(pid)
+        return None if start is None else cls(pid, start)
+
+    def alive(self) -> bool:
+        return start_time(self.pid) == self.start
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the supervisor writes."""
+
+    name: str
+    state: RealmState
+    boot_id: str
+    supervisor: Process
+    started: str
+    """ISO time of the start (the first boot of this start, not of a reboot from inside)."""
+    cgroup: str
+    """Relative to the cgroup2 root (:meth:`realms.store.Layout.cgroup_name`)."""
+    nspawn: Process | None = None
+    leader: Process | None = None
+    address: str | None = None
+    boots: int = 1
+    """How often init was started by this supervisor (a reboot from inside adds one)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        def process(value: Any) -> Process | None:
+            return None if value is None else Process(int(value["pid"]), int(value["start"]))
+
+        supervisor = process(data["supervisor"])
+        assert supervisor is not None
+        return cls(
+            name=str(data["name"]),
+            state=RealmState(data["state"]),
+            boot_id=str(data["boot_id"]),
+            supervisor=supervisor,
+            started=str(data["started"]),
+            cgroup=str(data["cgroup"]),
+            nspawn=process(data.get("nspawn")),
+            leader=process(data.get("leader")),
+            address=data.get("address"),
+            boots=int(data.get("boots", 1)),
+        )
+
+    def but(self, **changes: Any) -> Record:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RealmRuntime:
+    """A realm that is not stopped, as it is now (see :func:`running`)."""
+
+    name: str
+    state: RealmState
+    leader_pid: int | None
+    """The realm's init as the host sees it (None before READY, or once it is gone)."""
+    supervisor_pid: int | None
+    """None when the supervisor is gone (an orphaned realm, being stopped)."""
+    nspawn_pid: int | None
+    started: str
+    cgroup: Path
+    """The realm's cgroup directory: every process of the realm is in it or below."""
+    address: str | None
+    record: Record | None
+    """What the supervisor wrote (None: nothing readable, yet processes in its cgroup)."""
+
+
+def start_time(pid: int) -> int | None:
+    """A live process's start time, or None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = text[text.rfind(b")") + 2 :].split()
+    if not fields or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+        return handle.read().strip()
+
+
+def read(store: Store, name: str) -> Record | None:
+    """The recorded state as it is, unchecked; None if there is none or it cannot be read."""
+    try:
+        data = json.loads(store.runtime_state_path(name).read_bytes())
+        return Record.from_json(data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        # A damaged file (a host crash mid-write cannot make one, but a person can): the
+        # realm's cgroup still tells whether it runs, and forget() removes the file.
+        return None
+
+
+def write(store: Store, record: Record) -> None:
+    store.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic_write(store.runtime_state_path(record.name), json.dumps(record.to_json()), 0o600)
+
+
+def running(store: Store, name: str) -> RealmRuntime | None:
+    """Realm ``name`` as it is now, checked against the machine; None when it is stopped."""
+    record = read(store, name)
+    cgroup = cgroups.path(store.cgroup_name(name))
+    if record is None or record.boot_id != boot_id():
+        # Nothing recorded (or from another boot) but processes in its cgroup: a supervisor
+        # killed before it wrote anything, or a damaged file; they are stopped by the next
+        # start or stop.
+        if cgroups.populated(cgroup):
+            return RealmRuntime(name, RealmState.STOPPING, None, None, None, "", cgroup, None, None)
+        return None
+    supervisor_alive = record.supervisor.alive()
+    has_processes = cgroups.populated(cgroup)
+    if not supervisor_alive and not has_processes:
+        return None
+    state = record.state
+    leader = record.leader if record.leader is not None and record.leader.alive() else None
+    nspawn = record.nspawn if record.nspawn is not None and record.nspawn.alive() else None
+    if not supervisor_alive or (state == RealmState.RUNNING and leader is None):
+        state = RealmState.STOPPING
+    return RealmRuntime(
+        name=name,
+        state=state,
+        leader_pid=leader.pid if leader else None,
+        supervisor_pid=record.supervisor.pid if supervisor_alive else None,
+        nspawn_pid=nspawn.pid if nspawn else None,
+        started=record.started,
+        cgroup=cgroup,
+        address=record.address,
+        record=record,
+    )
+
+
+def forget(store: Store, name: str) -> None:
+    """Remove what a stopped realm left under /run/realms and its empty cgroup; the caller
+    holds the realm's lock and checked that it is stopped (:func:`running` is None)."""
+    store.runtime_state_path(name).unlink(missing_ok=True)
+    store.notify_socket_path(name).unlink(missing_ok=True)
+    cgroups.remove(store.cgroup_name(name))
+
+
+def uptime_seconds(runtime: RealmRuntime) -> float | None:
+    """Seconds since the realm's init started, from its start time in clock ticks."""
+    leader = runtime.record.leader if runtime.record else None
+    if leader is None or runtime.leader_pid is None:
+        return None
+    try:
+        with open("/proc/uptime", encoding="ascii") as handle:
+            now = float(handle.read().split()[0])
+    except OSError:
+        return None
+    return max(0.0, now - leader.start / os.sysconf("SC_CLK_TCK"))
