@@ -11,12 +11,13 @@ config falls back to the ``[realm-defaults]`` table of the global config, then t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from realms import settings
 from realms.kinds import Isolation, NetworkMode, VerityMode
+from realms.network.zones import ZONE_NAME, ZONE_SETTINGS, ZONES, Zone, parse_zones
 from realms.settings import BOOL, STRING, STRINGS, Setting, choice, whole_number
 
 DEFAULT_APPIMG = Setting(
@@ -88,7 +89,7 @@ REALM_SETTINGS: list[Setting[Any]] = [
     ),
     Setting(
         "network-zone",
-        STRING,
+        ZONE_NAME,
         "clear",
         "the zone of a private network: realms of one zone reach each other by name, other "
         "zones only where the global config's [zones.NAME] allow says so",
@@ -157,6 +158,8 @@ def read_toml(path: Path) -> dict[str, Any]:
 class GlobalConfig:
     values: dict[str, Any]
     realm_defaults: dict[str, Any]
+    zones: dict[str, Zone] = field(default_factory=dict)
+    """The ``[zones.NAME]`` tables (realms.network.zones)."""
 
     @property
     def default_appimg(self) -> str:
@@ -182,9 +185,10 @@ class GlobalConfig:
 def load_global(path: Path) -> GlobalConfig:
     data = read_toml(path)
     realm_table = settings.section(data, REALM_DEFAULTS, str(path))
+    zones = parse_zones(settings.section(data, ZONES, str(path)), str(path))
     values = settings.parse(GLOBAL_SETTINGS, data, str(path))
     realm_defaults = settings.parse(REALM_SETTINGS, realm_table, f"{path} [{REALM_DEFAULTS}]")
-    return GlobalConfig(values, realm_defaults)
+    return GlobalConfig(values, realm_defaults, zones)
 
 
 def load_realm(path: Path, fallback: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +208,10 @@ def global_template() -> str:
         "# realms global configuration (TOML). Unset keys use the default.",
         "",
         *settings.render(GLOBAL_SETTINGS),
+        f"# [{ZONES}.work]",
+        "# A zone's settings (a zone needs no table: realms name it in network-zone):",
+        "",
+        *settings.commented(settings.render(ZONE_SETTINGS)),
         f"# [{REALM_DEFAULTS}]",
         "# Realm settings used when a realm's own config does not set them:",
         "",
@@ -220,5 +228,10 @@ def reference() -> str:
         + settings.reference(
             REALM_SETTINGS,
             f"Realm config (`realms/NAME/config`, defaults in `[{REALM_DEFAULTS}]`)",
+        )
+        + "\n"
+        + settings.reference(
+            ZONE_SETTINGS,
+            f"Zones (`[{ZONES}.NAME]` tables of the global config; a zone needs none)",
         )
     )

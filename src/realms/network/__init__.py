@@ -18,11 +18,21 @@ and release) removes.
 
 from __future__ import annotations
 
+import shutil
+import socket
 from dataclasses import dataclass, field
-from typing import Any
+from ipaddress import IPv4Address, IPv4Interface
+from typing import TYPE_CHECKING, Any
 
+from realms import log
+from realms.errors import RealmsError
 from realms.kinds import NetworkMode
-from realms.store import Store
+
+if TYPE_CHECKING:
+    from realms.store import Store
+
+# The submodules are imported where they are used: realms.config imports realms.network.zones,
+# and this package must not import the store (which imports the config) when it loads.
 
 
 @dataclass(frozen=True)
@@ -45,11 +55,47 @@ class NetworkPlan:
     """The host side of the realm's veth (``vb-...``), attached to the bridge by configure."""
 
 
+def mode_of(settings: dict[str, Any]) -> NetworkMode:
+    """A realm's network from its settings (``use-network = false`` is ``none``)."""
+    if not settings["use-network"]:
+        return NetworkMode.NONE
+    return NetworkMode(settings["network"])
+
+
 def prepare(store: Store, name: str, settings: dict[str, Any]) -> NetworkPlan:
     """Before nspawn starts realm ``name`` (``settings``: its parsed realm config): make sure
     its zone's bridge and rules exist, allocate (or find) its address, and say what nspawn
     needs. Errors (a bad zone config, a full subnet, nft missing) come here, before the boot."""
-    raise NotImplementedError
+    from realms.network import bridge, ipam
+
+    mode = mode_of(settings)
+    if mode != NetworkMode.PRIVATE:
+        if ipam.read(store, name) is not None:
+            with store.network_lock():
+                ipam.forget(store, name)
+                _sync(store)
+        args = ("--private-network",) if mode == NetworkMode.NONE else ()
+        return NetworkPlan(store, name, mode, args)
+    zone = str(settings["network-zone"])
+    interface = bridge.veth_name(store.root, name)
+    with store.network_lock():
+        assignment = ipam.assign(store, name, zone)
+        if interface in _interfaces():
+            # Left by a run of this realm whose network namespace something still holds; the
+            # realm is not running (its supervisor starts it), so the link is stale.
+            bridge.delete(interface)
+        _sync(store, starting=zone)
+    return NetworkPlan(
+        store,
+        name,
+        mode,
+        (f"--network-veth-extra={interface}:{bridge.INSIDE}", "--resolv-conf=off"),
+        zone=zone,
+        address=str(assignment.address),
+        prefix_length=assignment.subnet.prefixlen,
+        gateway=str(assignment.gateway),
+        host_interface=interface,
+    )
 
 
 def configure(plan: NetworkPlan, leader_pid: int) -> None:
@@ -57,23 +103,122 @@ def configure(plan: NetworkPlan, leader_pid: int) -> None:
     veth to the zone's bridge, give it its address and default route, write its resolv.conf
     and the /etc/hosts entries of the zone's running realms (in each of them). Nothing for
     host and none networks."""
-    raise NotImplementedError
+    from realms.network import bridge, hosts, ipam
+
+    if plan.mode != NetworkMode.PRIVATE:
+        return
+    assert plan.zone and plan.address and plan.gateway and plan.host_interface
+    store, name = plan.store, plan.realm
+    started = ipam.start_time(leader_pid)
+    if started is None:
+        raise RealmsError(f"realm {name} stopped before its network was set up")
+    with store.network_lock():
+        # Made again if a command that found no running realm of the zone removed it meanwhile.
+        _sync(store, starting=plan.zone)
+        bridge.attach(plan.host_interface, plan.zone)
+        bridge.configure_inside(
+            leader_pid,
+            IPv4Interface(f"{plan.address}/{plan.prefix_length}"),
+            IPv4Address(plan.gateway),
+        )
+        record = ipam.Record(
+            plan.zone, plan.address, plan.host_interface, leader_pid, started, ipam.boot_id()
+        )
+        ipam.write(store, name, record)
+        resolv = hosts.upstream_resolv()
+        _write(name, leader_pid, "/etc/resolv.conf", lambda _old: resolv)
+        _update_hosts(store, plan.zone)
 
 
 def release(store: Store, name: str) -> None:
     """After realm ``name`` stopped (its veth went with its network namespace): drop it from
     the other running realms' /etc/hosts; remove its zone's bridge and rules when no realm of
     the zone runs any more. Harmless when the realm had no private network or ran nowhere."""
-    raise NotImplementedError
+    from realms.network import bridge, ipam, zones
+
+    record = ipam.read(store, name)
+    if record is None and not any(n.startswith(zones.BRIDGE_PREFIX) for n in _interfaces()):
+        return  # no private network here: nothing to undo (and no tool needed)
+    with store.network_lock():
+        record = ipam.read(store, name)
+        if record is not None:
+            if record.interface:
+                ipam.write(store, name, record.stopped())
+            interface = bridge.veth_name(store.root, name)
+            if interface in _interfaces():
+                bridge.delete(interface)  # something still holds its network namespace
+            _update_hosts(store, record.zone)
+        _sync(store)
 
 
 def address_of(store: Store, name: str) -> str | None:
     """Realm ``name``'s address in its zone (kept across restarts), or None (no private
     network, or never started with one). Reads one small file; takes no lock."""
-    raise NotImplementedError
+    from realms.network import ipam
+
+    record = ipam.read(store, name)
+    return record.address if record else None
 
 
 def reconcile(store: Store) -> None:
     """Remove the bridges and rules of zones with no running realm (what a killed command
     left), and restore ip_forward when no zone is left."""
-    raise NotImplementedError
+    with store.network_lock():
+        _sync(store)
+
+
+def _interfaces() -> set[str]:
+    """The network interfaces of this process's network namespace (not /sys's: a namespace
+    entered without mounting its own sysfs shows another's there)."""
+    return {interface for _, interface in socket.if_nameindex()}
+
+
+def _sync(store: Store, starting: str | None = None) -> None:
+    """Under the network lock: the bridges and the table as the zones in use need them. A
+    zone is in use when one of its realms runs (its record says so, and its init lives), when
+    its bridge has a port (a realm of another command, or of another store), or when a realm
+    of it is ``starting``; bridges of other zones are removed, and the table with the last."""
+    from realms.network import bridge, ipam, nft, zones
+
+    found = bridge.bridges()
+    live = {record.zone for _, record in ipam.running(store)}
+    ported = {zone for zone, ports in found.items() if ports}
+    mine = live | ({starting} if starting else set())
+    in_use = mine | ported
+    for zone in sorted(set(found) - in_use):
+        bridge.remove(zone)
+    if not in_use:
+        if shutil.which("nft"):
+            nft.unload()
+        return
+    automatic = ipam.automatic_subnets(store, sorted(in_use))
+    configured = store.config.zones
+    rules = []
+    for zone in sorted(in_use):
+        subnet = zones.subnet_of(configured, automatic, zone)
+        if zone in mine:
+            gateway = IPv4Interface(f"{zones.gateway(subnet)}/{subnet.prefixlen}")
+            bridge.ensure(zone, gateway, found)
+        rules.append(nft.ZoneRules(zone, subnet, zones.zone(configured, zone).allow))
+    nft.load(rules)
+
+
+def _update_hosts(store: Store, zone: str) -> None:
+    """Each running realm of ``zone``: its /etc/hosts names them all."""
+    from realms.network import hosts, ipam
+
+    members = ipam.running(store, zone)
+    entries = [(name, record.address) for name, record in members]
+    for name, record in members:
+        _write(name, record.leader, "/etc/hosts", lambda old: hosts.with_zone(old, entries))
+
+
+def _write(realm: str, leader: int, path: str, edit: Any) -> None:
+    """Edit a file in a running realm; a realm whose root is read-only (an image without an
+    overlay) or that just stopped is told about, not failed."""
+    from realms.network import hosts
+
+    try:
+        hosts.edit_in_realm(leader, path, edit)
+    except (RealmsError, OSError) as error:
+        log.warn(f"realm {realm}: {error}")

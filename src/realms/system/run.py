@@ -34,6 +34,9 @@ PACKAGE_OF = {
     "losetup": "mount",
     "mount": "mount",
     "umount": "mount",
+    "nft": "nftables",
+    "ip": "iproute2",
+    "nsenter": "util-linux",
 }
 
 Argv = Sequence[str | Path]
