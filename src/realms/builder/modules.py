@@ -115,6 +115,31 @@ chmod 0440 {path}
 """
 
 
+# Units masked in an image that boots as a realm: the console's login prompt and the gettys (a
+# booted realm is entered with run and shell, and nobody types at its console, which goes to a
+# log), and apt's timers (an appimg is updated as a whole; a realm must not download or upgrade
+# packages on its own, behind the user's back).
+CONTAINER_MASKED = (
+    "console-getty.service",
+    "getty.target",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+)
+
+
+def _boot_in_container(config: BuildConfig) -> str:
+    links = "\n".join(f"ln -sfn /dev/null /etc/systemd/system/{unit}" for unit in CONTAINER_MASKED)
+    # systemd-update-done records that /etc and /var match /usr, so that the first boot of each
+    # realm skips the one-time updates (ldconfig, the journal's catalog) the build did already.
+    return f"""\
+[ -x /usr/lib/systemd/systemd ] || exit 0
+mkdir -p /etc/systemd/system
+{links}
+journalctl --update-catalog
+/usr/lib/systemd/systemd-update-done
+"""
+
+
 @dataclass(frozen=True)
 class Builtin:
     """A built-in module."""
@@ -156,6 +181,12 @@ BUILTINS = {
             "let the user use sudo without a password",
             _sudo_nopasswd,
             needs="sudo",
+        ),
+        Builtin(
+            "boot-in-container",
+            "when systemd is installed: no login prompt or gettys, no apt timers, first-boot "
+            "updates done, so that realms boot quickly",
+            _boot_in_container,
         ),
     ]
 }

@@ -7,8 +7,8 @@ check is the type of its setting, so no value can skip it. (The files and script
 names are read by :mod:`realms.builder.context`.)
 
 The defaults are the default appimg ``base``: Debian trixie, a user ``user`` (uid 1000, in
-sudo), locale en_US.UTF-8, no recommended packages, apt sources written into the image, and
-Citadel's base packages.
+sudo), locale en_US.UTF-8, no recommended packages, apt sources written into the image,
+Citadel's base packages, and systemd as init (``realms start`` boots it; no getty).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ DEFAULT_BEFORE = [
     "create-user",
     "set-hostname",
 ]
-DEFAULT_AFTER = ["sudo-nopasswd"]
+DEFAULT_AFTER = ["sudo-nopasswd", "boot-in-container"]
 NEEDS_PACKAGE = {name: module.needs for name, module in BUILTINS.items() if module.needs}
 """Modules that only work with a package installed."""
 DEFAULT_PACKAGES = [
@@ -48,6 +48,8 @@ DEFAULT_PACKAGES = [
     "openssh-client",
     "procps",
     "sudo",
+    "systemd",
+    "systemd-sysv",
     "xz-utils",
 ]
 MAX_UID = 65533  # a realm maps uids 0..65535; 65534 is nobody
