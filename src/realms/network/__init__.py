@@ -113,8 +113,10 @@ def configure(plan: NetworkPlan, leader_pid: int) -> None:
     if started is None:
         raise RealmsError(f"realm {name} stopped before its network was set up")
     with store.network_lock():
-        # Made again if a command that found no running realm of the zone removed it meanwhile.
-        _sync(store, starting=plan.zone)
+        if bridge.bridge_name(plan.zone) not in _interfaces():
+            # A command that found no running realm of the zone removed it since prepare (it
+            # removes the zone's rules with it, and makes both only together).
+            _sync(store, starting=plan.zone)
         bridge.attach(plan.host_interface, plan.zone)
         bridge.configure_inside(
             leader_pid,
@@ -180,7 +182,8 @@ def _sync(store: Store, starting: str | None = None) -> None:
     of it is ``starting``; bridges of other zones are removed, and the table with the last."""
     from realms.network import bridge, ipam, nft, zones
 
-    found = bridge.bridges()
+    links = bridge.links()
+    found = bridge.bridges(links)
     live = {record.zone for _, record in ipam.running(store)}
     ported = {zone for zone, ports in found.items() if ports}
     mine = live | ({starting} if starting else set())
@@ -198,7 +201,7 @@ def _sync(store: Store, starting: str | None = None) -> None:
         subnet = zones.subnet_of(configured, automatic, zone)
         if zone in mine:
             gateway = IPv4Interface(f"{zones.gateway(subnet)}/{subnet.prefixlen}")
-            bridge.ensure(zone, gateway, found)
+            bridge.ensure(zone, gateway, links)
         rules.append(nft.ZoneRules(zone, subnet, zones.zone(configured, zone).allow))
     nft.load(rules)
 

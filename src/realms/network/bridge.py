@@ -84,12 +84,13 @@ def _addresses(name: str) -> list[str]:
     ]
 
 
-def ensure(zone: str, gateway: IPv4Interface, existing: dict[str, list[str]]) -> None:
+def ensure(zone: str, gateway: IPv4Interface, found: list[Link]) -> None:
     """Zone ``zone``'s bridge exists, is up and has exactly the gateway address (the zone's
-    subnet may have changed in the config since it was made)."""
+    subnet may have changed in the config since it was made). ``found``: :func:`links`."""
     name = bridge_name(zone)
+    existing = next((link for link in found if link.name == name), None)
     commands = []
-    if zone not in existing:
+    if existing is None:
         commands.append(f"link add {name} type bridge")
         addresses: list[str] = []
     else:
@@ -98,8 +99,10 @@ def ensure(zone: str, gateway: IPv4Interface, existing: dict[str, list[str]]) ->
         if addresses:
             commands.append(f"address flush dev {name}")
         commands.append(f"address add {gateway} dev {name}")
-    commands.append(f"link set {name} up")
-    _batch(commands)
+    if existing is None or not existing.up:
+        commands.append(f"link set {name} up")
+    if commands:
+        _batch(commands)
 
 
 def attach(interface: str, zone: str) -> None:
