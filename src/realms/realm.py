@@ -406,10 +406,17 @@ def run_in_realm(store: Store, name: str, command: list[str], *, root: bool = Fa
     It runs as the realm's user (uid 1000, in /home/user) unless ``root``, in a user namespace
     of the realm's own uid range unless its config says ``isolation = "privileged"``. A realm
     on a block or sealed version runs on an overlay of the activated image (checked first, see
-    :mod:`realms.activation`) and its own writable layer.
+    :mod:`realms.activation`) and its own writable layer. A booted realm that is running is
+    joined instead (:mod:`realms.lifecycle.join`): the command runs among its processes.
     """
     from realms.container import run as run_container
+    from realms.lifecycle.join import join_realm
 
+    with store.realm_lock(name, shared=True):
+        _require(store, name)
+    joined = join_realm(store, name, command, root=root)
+    if joined is not None:
+        return joined
     with running(store, name) as directory:
         container, _view = realm_container(store, name, directory, command, root=root)
         return run_container(container)
