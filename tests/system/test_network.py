@@ -12,6 +12,7 @@ when a test fails, after its realms are stopped.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -177,7 +178,8 @@ def lab(store_dir: Path, bootable_tree: Path) -> Iterator[Lab]:
 
 def test_zones_reach_their_own_and_the_outside_and_others_only_when_allowed(lab: Lab) -> None:
     assert lab.forwarding() == "0"
-    lab.new("a", network="private", **{"network-zone": "work"})
+    # One privileged realm: its files are written without a user namespace to join.
+    lab.new("a", network="private", isolation="privileged", **{"network-zone": "work"})
     lab.new("b", network="private", **{"network-zone": "work"})
     lab.new("c", network="private", **{"network-zone": "other"})
     for name in ("a", "b", "c"):
@@ -192,7 +194,8 @@ def test_zones_reach_their_own_and_the_outside_and_others_only_when_allowed(lab:
     # Names: each realm of a zone has the zone's running realms in its /etc/hosts.
     hosts_a = lab.inside("a", "cat /etc/hosts").stdout
     assert f"{a}\ta" in hosts_a and f"{b}\tb" in hosts_a and "\tc" not in hosts_a
-    assert f"{c}\tc" in lab.inside("c", "cat /etc/hosts").stdout
+    hosts_c = lab.inside("c", "stat -c %u:%g /etc/hosts; cat /etc/hosts").stdout
+    assert hosts_c.startswith("0:0\n") and f"{c}\tc" in hosts_c  # the realm's root owns it
     assert "127.0.0.53" not in lab.inside("a", "cat /etc/resolv.conf").stdout
 
     # Within the zone, by name; the outside, masqueraded behind the uplink's address.
@@ -268,5 +271,12 @@ def test_what_a_killed_command_left_is_cleaned_up(lab: Lab) -> None:
     assert "realms-gone" not in lab.realms_links() and "realms-clear" in lab.realms_links()
     assert "realms-gone" not in lab.table()
     assert lab.address("a") == "10.89.0.2"
+    lab.stop("a")
+    assert lab.realms_links() == [] and lab.table() == "" and lab.forwarding() == "0"
+    # The supervisor killed: stopping the realm still takes its network along.
+    lab.start("a")
+    runtime = state.running(Store.open(lab.realms.store), "a")
+    assert runtime is not None and runtime.supervisor_pid
+    os.kill(runtime.supervisor_pid, signal.SIGKILL)
     lab.stop("a")
     assert lab.realms_links() == [] and lab.table() == "" and lab.forwarding() == "0"
