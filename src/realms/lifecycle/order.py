@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from realms import log
 from realms.errors import InvalidInput, InvalidName, NotFound, RealmsError
@@ -48,8 +48,6 @@ INIT_PATHS = ("usr/lib/systemd/systemd", "lib/systemd/systemd")
 
 def store_loader(store: Store) -> Loader:
     """The needs of the store's realms, read from their configs (each read once)."""
-    from realms.realm import realm_settings
-
     cache: dict[str, Needs | None] = {}
 
     def load(name: str) -> Needs | None:
@@ -57,11 +55,19 @@ def store_loader(store: Store) -> Loader:
             if not store.realm(name).origin.exists():
                 cache[name] = None
             else:
-                values = realm_settings(store, name)
+                values = _settings(store, name)
                 cache[name] = Needs(tuple(values["requires"]), bool(values["autostart"]))
         return cache[name]
 
     return load
+
+
+def _settings(store: Store, name: str) -> dict[str, Any]:
+    # What realms.realm.realm_settings reads; not imported from there, which imports the
+    # lifecycle modules that use this one.
+    from realms.config import load_realm
+
+    return load_realm(store.realm(name).config, store.config.realm_defaults)
 
 
 def _required(name: str, needs: Needs) -> list[str]:
@@ -142,7 +148,7 @@ def autostart_order(names: Iterable[str], load: Loader) -> list[str]:
     return start_order(chosen, load)
 
 
-def _closure(name: str, load: Loader) -> set[str]:
+def closure(name: str, load: Loader) -> set[str]:
     """Every realm that ``name`` requires, directly or through others (running or not)."""
     found: set[str] = set()
     left = [name]
@@ -164,7 +170,7 @@ def stop_order(name: str, among: Sequence[str], load: Loader) -> list[str]:
         if other == name:
             continue
         try:
-            closures[other] = _closure(other, load)
+            closures[other] = closure(other, load)
         except RealmsError as error:
             log.warn(f"cannot tell whether realm {other} requires {name}: {error.message}")
     dependents = [other for other, closure in closures.items() if name in closure]
@@ -198,3 +204,29 @@ def require_init(view: TreeView, name: str) -> None:
             hint="'realms run' and 'realms shell' work without booting; to boot, make the realm "
             "from an appimg with the packages systemd and systemd-sysv (the default base has them)",
         )
+
+
+def boots(store: Store, name: str) -> bool:
+    """Whether realm ``name`` (which exists) has an init to boot, read from its files as they
+    are before it runs: a tree realm's root, or an image realm's own layer over its image
+    (activated for it, as a start would)."""
+    from realms import activation, origin
+    from realms.appimg.record import load_record
+    from realms.container import TreeView
+    from realms.kinds import IMAGE_KINDS
+
+    files = store.realm(name)
+    found = origin.load(files.directory)
+    if found.kind not in IMAGE_KINDS:
+        return has_init(TreeView([files.rootfs]))
+    with store.appimg_lock(found.appimg, shared=True):
+        version = load_record(store, found.appimg).version(found.appimg_version)
+        if version is None:
+            return False  # its image is gone: a start would say so
+        with store.activation_lock(found.appimg):
+            active = activation.activate(
+                store, found.appimg, version, store.version_path(found.appimg, version)
+            )
+    # The realm's own layer counts only where the realm runs on it (overlay = "storage").
+    own = [files.upper] if _settings(store, name)["overlay"] == "storage" else []
+    return has_init(TreeView([*own, active.mountpoint]))

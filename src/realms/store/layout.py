@@ -24,7 +24,8 @@ Layout of a store (default ``/var/lib/realms``)::
 
 Runtime state of booted realms (:mod:`realms.lifecycle`) is outside the store, under
 ``/run/realms/KEY/`` (KEY: a short hash of the store's path, so that several stores on one
-machine never meet): ``NAME.json`` per started realm, ``NAME.notify`` (nspawn's notify socket);
+machine never meet): ``NAME.json`` per started realm, ``NAME.notify`` (nspawn's notify socket),
+``current`` (the current realm and the boot it was chosen in);
 each realm's processes are in the cgroup ``realms/KEY-NAME`` of the cgroup2 hierarchy.
 
 Temporary names (see :mod:`realms.store.txn`): ``.new.NAME.RANDOM`` (being made),
@@ -235,6 +236,12 @@ class Layout:
 
     def notify_socket_path(self, name: str) -> Path:
         return self.runtime_dir / f"{check_lock_name('realm', name)}.notify"
+
+    @property
+    def current_realm_path(self) -> Path:
+        """The current realm (``realms current``): under /run, so that the default realm is
+        current again after the host boots."""
+        return self.runtime_dir / "current"
 
     def cgroup_name(self, name: str) -> str:
         """The realm's cgroup, relative to the root of a cgroup hierarchy."""
