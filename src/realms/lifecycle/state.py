@@ -25,7 +25,7 @@ from typing import Any
 from realms.kinds import RealmState
 from realms.lifecycle import cgroups
 from realms.store import Store
-from realms.system.fs import atomic_write
+from realms.system.fs import temporary_name
 
 FORMAT = 1
 
@@ -142,12 +142,35 @@ def read(store: Store, name: str) -> Record | None:
 
 
 def write(store: Store, record: Record) -> None:
+    """Replace the record atomically (readers see the old or the new one). Not synced to disk:
+    after a crash of the host the record is worthless anyway (another boot id), and a start
+    writes it four times."""
     store.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write(store.runtime_state_path(record.name), json.dumps(record.to_json()), 0o600)
+    path = store.runtime_state_path(record.name)
+    temporary = temporary_name(path)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(record.to_json(), handle)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def running(store: Store, name: str) -> RealmRuntime | None:
     """Realm ``name`` as it is now, checked against the machine; None when it is stopped."""
+    from realms.lifecycle import systemd
+
+    if systemd.is_pid1():
+        # The realm is its unit (realm-NAME.service): systemd is its supervisor, and knows.
+        unit = systemd.unit_of(store.root, name)
+        if unit is None:
+            return None
+        cgroup = unit.cgroup or cgroups.path(store.cgroup_name(name))
+        return RealmRuntime(
+            name, unit.state, unit.leader_pid, None, unit.main_pid, unit.started, cgroup, None, None
+        )
     record = read(store, name)
     cgroup = cgroups.path(store.cgroup_name(name))
     if record is None or record.boot_id != boot_id():

@@ -13,13 +13,16 @@ status 133 (a reboot from inside) restarts it. So ``systemctl status realm-NAME`
 -u realm-NAME`` (the realm's console), ``machinectl list`` and resource limits (``properties``)
 work as for any machine.
 
-The unit's main process is :func:`main` (``python3 -m realms.lifecycle.systemd STORE NAME``):
+The unit's main process is :mod:`realms.lifecycle.systemd_unit` (``python3 -m
+realms.lifecycle.systemd_unit STORE NAME``):
 it builds the realm's container as every boot does (:func:`realms.realm.realm_container`),
 prepares its root filesystem in a mount namespace of its own and *execs* nspawn, which thereby
 becomes the unit's main process (READY is only accepted from it). nspawn runs with
 ``--register=yes --keep-unit``: the machine registered with machined is this unit itself, not a
 scope of its own beside it, so the unit's cgroup holds the whole realm and its limits apply to
-it (systemd-nspawn(1)).
+it (systemd-nspawn(1)). The realm's run lock is held in the unit as well, for as long as it
+runs (:func:`realms.lifecycle.systemd_unit.hold_run_lock`), so that ``realms remove`` refuses a
+running realm on this path too.
 
 State is systemd's (:func:`unit_state`, from ``systemctl show``; the init's pid from
 machined): nothing is written under /run/realms on this path, and a host reboot or a killed
@@ -33,7 +36,8 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from realms.errors import RealmsError
@@ -41,7 +45,11 @@ from realms.kinds import RealmState
 from realms.system.run import run
 
 UNIT_PREFIX = "realm-"
+STORE_VARIABLE = "REALMS_STORE"
+"""In the unit's environment: whose realm it is (two stores may both have a realm NAME)."""
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+LOCK_CGROUP = "realms-run-lock"
+"""The cgroup below the unit's of the process that holds the realm's run lock."""
 NSPAWN_OPTIONS = ("--register=yes", "--keep-unit")
 """What nspawn needs in the unit: register with machined, as this unit."""
 # The properties of systemd-nspawn@.service that make sense for a realm.
@@ -91,12 +99,22 @@ class UnitState:
     started_monotonic: float | None
     """When the unit became active, in CLOCK_MONOTONIC seconds (as ``time.monotonic()``)."""
     cgroup: Path | None
+    store: Path | None
+    """The store whose realm it runs (REALMS_STORE in the unit's environment)."""
 
     @property
     def uptime(self) -> float | None:
         if self.started_monotonic is None:
             return None
         return max(0.0, time.monotonic() - self.started_monotonic)
+
+    @property
+    def started(self) -> str:
+        """When it became active, as ISO 8601 UTC ("" while it starts)."""
+        if self.uptime is None:
+            return ""
+        moment = datetime.fromtimestamp(time.time() - self.uptime, UTC).replace(microsecond=0)
+        return moment.isoformat().replace("+00:00", "Z")
 
 
 def _show(unit: str, properties: Sequence[str]) -> dict[str, str]:
@@ -126,7 +144,14 @@ def unit_state(name: str) -> UnitState | None:
     """Realm ``name``'s unit now; None when it is not loaded or inactive (stopped)."""
     values = _show(
         unit_name(name),
-        ("LoadState", "ActiveState", "MainPID", "ActiveEnterTimestampMonotonic", "ControlGroup"),
+        (
+            "LoadState",
+            "ActiveState",
+            "MainPID",
+            "ActiveEnterTimestampMonotonic",
+            "ControlGroup",
+            "Environment",
+        ),
     )
     state = _STATES.get(values.get("ActiveState", ""))
     if values.get("LoadState") != "loaded" or state is None:
@@ -140,7 +165,29 @@ def unit_state(name: str) -> UnitState | None:
         leader_pid=leader_pid(name) if state != RealmState.STOPPING else None,
         started_monotonic=entered / 1e6 if entered else None,
         cgroup=CGROUP_ROOT / group.lstrip("/") if group else None,
+        store=_store_of(values.get("Environment", "")),
     )
+
+
+def _store_of(environment: str) -> Path | None:
+    # systemctl show quotes an assignment with spaces as a whole: "REALMS_STORE=/a b".
+    for item in shlex.split(environment):
+        key, _, value = item.partition("=")
+        if key == STORE_VARIABLE and value:
+            return Path(value)
+    return None
+
+
+def unit_of(store: Path, name: str) -> UnitState | None:
+    """Realm ``name`` of the store at ``store`` as its unit runs it (what
+    :func:`realms.lifecycle.state.running` gives on this path); None when it is stopped, or
+    when the unit runs the realm of the same name of another store (its start says so)."""
+    found = unit_state(name)
+    if found is None or found.store is None:
+        return None
+    if os.path.realpath(found.store) != os.path.realpath(store):
+        return None
+    return found
 
 
 def journal_tail(name: str, lines: int = 15) -> str:
@@ -154,7 +201,7 @@ def journal_tail(name: str, lines: int = 15) -> str:
 
 def launcher_argv(store: Path, name: str) -> list[str]:
     """The unit's command: this module, run by the Python that runs realms now."""
-    return [sys.executable, "-m", "realms.lifecycle.systemd", str(store), name]
+    return [sys.executable, "-m", "realms.lifecycle.systemd_unit", str(store), name]
 
 
 def start(
@@ -175,7 +222,7 @@ def start(
     run(["systemctl", "reset-failed", unit], check=False)
     # The package's parent directory, so that the unit runs this very realms.
     package = Path(__file__).resolve().parents[2]
-    env = {"PYTHONPATH": str(package), **(environment or {})}
+    env = {"PYTHONPATH": str(package), STORE_VARIABLE: str(store), **(environment or {})}
     argv: list[str | Path] = ["systemd-run", "--quiet", "--collect", f"--unit={unit}"]
     argv.append(f"--description=realm {name}")
     # The journal names the realm's console lines after it, not after the launcher (python3).
@@ -232,40 +279,3 @@ def _wait_stopped(name: str, timeout: float) -> bool:
         time.sleep(delay)
         delay = min(delay * 2, 0.25)
     return True
-
-
-def main(argv: Sequence[str]) -> int:
-    """The unit's main process: build realm ``NAME``'s booted container, prepare its root
-    here, and exec nspawn (which becomes the main process that reports READY)."""
-    if len(argv) != 2:
-        print("usage: python3 -m realms.lifecycle.systemd STORE NAME", file=sys.stderr)
-        return 2
-    from realms.container import _userns_for, nspawn_argv, prepare_root
-    from realms.realm import realm_container
-    from realms.store import Store
-
-    name = argv[1]
-    try:
-        store = Store.open(Path(argv[0]))
-        with store.realm_lock(name, shared=True):
-            container, _view = realm_container(store, name, store.realm_dir(name), [], root=True)
-        container = replace(container, boot=True)
-        nspawn = [*nspawn_argv(container, interactive=False, systemd_pid1=True), *NSPAWN_OPTIONS]
-        userns = _userns_for(container)
-        prepare_root(container, userns)
-    except RealmsError as error:
-        print(f"realms: error: {error}", file=sys.stderr)
-        return 1
-    # nspawn inherits nothing it should not: the namespace's descriptor was only needed for
-    # the idmapped mounts made above.
-    if userns is not None:
-        userns.close()
-    # An exec, not a child: nspawn must be the unit's main process (the only one whose READY
-    # systemd accepts, and the one KillMode=mixed sends SIGTERM). It is logged to the journal
-    # as system.run logs what it runs.
-    print("+ " + shlex.join(nspawn), file=sys.stderr, flush=True)
-    os.execvp(nspawn[0], nspawn)  # noqa: S606
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
