@@ -1,0 +1,422 @@
+"""The supervisor of one booted realm, where systemd is not PID 1 (no transient units).
+
+:func:`launch` forks it from ``realms start`` (no second Python start-up: what the command
+imported is there already), detached: a session of its own, stdin from /dev/null, stdout and
+stderr to the realm's console log (``logs/realm-NAME.console``, the previous one kept as
+``.old``). It lives as long as the realm:
+
+1. It holds the realm's run lock (:meth:`realms.store.Layout.run_lock`), so that ``realms
+   remove`` refuses a running realm and nothing else runs it as a one-shot container; then it
+   prepares the container exactly as ``realms run`` does (:func:`realms.realm.realm_container`)
+   with the tree's init as PID 1, and the network (:mod:`realms.network`).
+2. It makes the realm's cgroup (:mod:`realms.lifecycle.cgroups`), moves nspawn into it before
+   exec, and listens on nspawn's notify socket: ``X_NSPAWN_LEADER_PID`` and ``READY=1`` go
+   into the runtime state (:mod:`realms.lifecycle.state`) and, once, to ``realms start``
+   through a pipe (one JSON line: ``ready`` or ``error``).
+3. It is a child subreaper: if nspawn is SIGKILLed, the realm's init becomes its child and it
+   stops it (poweroff, then ``cgroup.kill``). nspawn exiting 133 (a reboot from inside) boots
+   the realm again; any other exit, or SIGTERM to the supervisor (what ``realms stop`` sends;
+   it is passed to nspawn, which asks init to power off), ends it: the network is released,
+   the runtime state and the cgroup removed.
+
+If the supervisor itself is killed, the kernel sends nspawn SIGTERM (the realm powers off) and
+the next start or stop cleans up after it (:func:`realms.lifecycle.state.running` never takes
+a dead supervisor's record for a running realm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from realms.errors import RealmsError
+from realms.kinds import RealmState
+from realms.lifecycle import cgroups, state
+from realms.store import Store
+from realms.system.libc import libc
+from realms.units import now
+
+if TYPE_CHECKING:
+    from realms.container import Container
+    from realms.network import NetworkPlan
+
+REBOOT_STATUS = 133
+"""nspawn's exit status when the container's init asked for a reboot."""
+ORPHAN_GRACE = 10.0
+"""How long init gets to power off when nspawn is gone, before everything is killed."""
+POWEROFF = signal.SIGRTMIN + 4
+"""systemd's signal for "power off" (SIGTERM to systemd as PID 1 means re-execute)."""
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass
+class Report:
+    """The pipe back to ``realms start``: one JSON line, then closed."""
+
+    fd: int
+
+    def send(self, data: dict[str, Any]) -> None:
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self.fd, json.dumps(data).encode() + b"\n")
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def launch(store: Store, name: str) -> tuple[int, int]:
+    """Fork the realm's supervisor, detached; return its pid and the pipe it reports on (read
+    end; the caller closes it). The caller holds the realm's lock and checked it is stopped."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    pid_read, pid_write = os.pipe2(os.O_CLOEXEC)
+    console = _open_console(store, name)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    child = os.fork()
+    if child == 0:
+        # Forked twice, so that the supervisor is nobody's child here (no zombie in a caller
+        # that lives on, as an API user may) and in a session of its own.
+        status = 1
+        try:
+            os.setsid()
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.write(pid_write, str(os.getpid()).encode())
+                _detach(console, keep=[write_end])
+                status = supervise(store, name, Report(write_end))
+            else:
+                status = 0
+        except BaseException as error:
+            with contextlib.suppress(BaseException):
+                Report(write_end).send({"error": f"the supervisor failed: {error}"})
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    os.close(pid_write)
+    os.close(console)
+    os.waitpid(child, 0)
+    try:
+        text = os.read(pid_read, 32)
+    finally:
+        os.close(pid_read)
+    if not text:
+        os.close(read_end)
+        raise RealmsError(f"the supervisor of realm {name!r} could not be started")
+    return int(text), read_end
+
+
+def _open_console(store: Store, name: str) -> int:
+    """The console log, fresh for this start; the last one is kept beside it as ``.old``."""
+    path = store.console_log_path(name)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, path.with_name(path.name + ".old"))
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+
+def _detach(console: int, keep: list[int]) -> None:
+    """stdin from /dev/null, stdout and stderr to the console log, no other descriptor of the
+    command that forked it (its locks above all: a lock belongs to every copy of its file)."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(console, 1)
+    os.dup2(console, 2)
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def note(message: str) -> None:
+    """A line of the supervisor's in the console log."""
+    print(f"realms: {now()} {message}", file=sys.stderr, flush=True)
+
+
+def supervise(store: Store, name: str, report: Report) -> int:
+    """Run realm ``name`` until it stops for good; 0 if it stopped cleanly."""
+    try:
+        with store.run_lock(name):
+            return Supervisor(store, name, report).run()
+    except RealmsError as error:
+        report.send({"error": error.message, "hint": error.hint})
+        note(f"error: {error.message}")
+        return 1
+
+
+def boot_container(store: Store, name: str) -> tuple[Container, dict[str, Any]]:
+    """Realm ``name``'s container with its init as PID 1, and its settings; the caller holds
+    its run lock. A tree with no init is refused with a hint."""
+    from realms.lifecycle.order import require_init
+    from realms.realm import realm_container, realm_settings
+
+    directory = store.realm_dir(name)
+    container, view = realm_container(store, name, directory, [], root=True)
+    require_init(view, name)
+    container.boot = True
+    return container, realm_settings(store, name)
+
+
+def _network_prepare(store: Store, name: str, settings: dict[str, Any]) -> NetworkPlan | None:
+    from realms import network
+
+    try:
+        return network.prepare(store, name, settings)
+    except NotImplementedError:
+        # NETWORK: until realms.network is written, the container's own switch (use-network)
+        # stands; remove this fallback with it.
+        return None
+
+
+class Supervisor:
+    def __init__(self, store: Store, name: str, report: Report) -> None:
+        self.store = store
+        self.name = name
+        self.report = report
+        self.cgroup = cgroups.path(store.cgroup_name(name))
+        self.stop_requested = False
+        self.nspawn: subprocess.Popen[bytes] | None = None
+        self.plan: NetworkPlan | None = None
+        self.record = state.Record(
+            name=name,
+            state=RealmState.STARTING,
+            boot_id=state.boot_id(),
+            supervisor=_self(),
+            started=now(),
+            cgroup=store.cgroup_name(name),
+        )
+
+    def save(self, **changes: Any) -> None:
+        self.record = self.record.but(**changes)
+        state.write(self.store, self.record)
+
+    def run(self) -> int:
+        wake_read, wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda _n, _f: None)
+        signal.signal(signal.SIGTERM, self._on_term)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        self.save()
+        try:
+            if cgroups.populated(self.cgroup):
+                raise RealmsError(
+                    f"realm {self.name!r} still has processes in its cgroup {self.cgroup}",
+                    hint=f"stop it first: realms stop {self.name}",
+                )
+            container, settings = boot_container(self.store, self.name)
+            self.plan = _network_prepare(self.store, self.name, settings)
+            if self.plan is not None:
+                container.private_network = False
+                container.extra_args = [*container.extra_args, *self.plan.nspawn_args]
+                self.save(address=self.plan.address)
+            cgroups.create(self.store.cgroup_name(self.name))
+            with _notify_socket(self.store.notify_socket_path(self.name)) as notify:
+                status = self._boot_loop(container, notify, wake_read)
+            return 0 if status in (0, REBOOT_STATUS) else 1
+        finally:
+            self._clean_up()
+
+    def _on_term(self, _signum: int, _frame: Any) -> None:
+        self.stop_requested = True
+        if self.nspawn is not None and self.nspawn.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.nspawn.pid, signal.SIGTERM)
+
+    def _boot_loop(self, container: Container, notify: socket.socket, wake: int) -> int:
+        from realms.container import launch, nspawn_argv
+
+        env = dict(os.environ)
+        env["NOTIFY_SOCKET"] = str(self.store.notify_socket_path(self.name))
+        # One cgroup2 tree for the realm, also on a hybrid host (systemd 258 drops v1).
+        env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
+        argv = nspawn_argv(container, interactive=False, systemd_pid1=False)
+        while True:
+            if self.stop_requested:
+                return 0
+            note(f"booting realm {self.name} (boot {self.record.boots})")
+            self.nspawn = launch(
+                container,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=1,
+                stderr=2,
+                env=env,
+                cgroup=self.cgroup,
+            )
+            self.save(nspawn=_process(self.nspawn.pid), leader=None, state=RealmState.STARTING)
+            if self.stop_requested:
+                os.kill(self.nspawn.pid, signal.SIGTERM)
+            status = self._wait(notify, wake)
+            note(f"nspawn exited with status {status}")
+            if cgroups.populated(self.cgroup):
+                self._stop_orphans()
+            if status != REBOOT_STATUS or self.stop_requested:
+                if self.report.fd >= 0:
+                    self.report.send(
+                        {
+                            "error": f"realm {self.name!r} stopped before it was ready "
+                            f"(systemd-nspawn exit status {status})"
+                        }
+                    )
+                return status
+            self.save(boots=self.record.boots + 1)
+
+    def _wait(self, notify: socket.socket, wake: int) -> int:
+        """Pass on nspawn's notifications until it exits; its exit status."""
+        assert self.nspawn is not None
+        while True:
+            readable, _, _ = select.select([notify.fileno(), wake], [], [])
+            if notify.fileno() in readable:
+                self._notified(notify)
+            if wake in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake, 4096)
+            status = self._reap()
+            if status is not None:
+                return status
+
+    def _reap(self) -> int | None:
+        """Reap every child that exited (nspawn, or orphans reparented to the supervisor);
+        nspawn's exit status if it was one of them."""
+        assert self.nspawn is not None
+        found = None
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid == self.nspawn.pid:
+                found = os.waitstatus_to_exitcode(status)
+                self.nspawn.returncode = found
+        return found
+
+    def _notified(self, notify: socket.socket) -> None:
+        assert self.nspawn is not None
+        try:
+            data, ancillary, _flags, _address = notify.recvmsg(4096, socket.CMSG_SPACE(12))
+        except BlockingIOError:
+            return
+        sender = None
+        for level, kind, credentials in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                sender = int.from_bytes(credentials[0:4], sys.byteorder)
+        if sender != self.nspawn.pid:
+            return  # only nspawn speaks for the realm
+        fields: dict[str, str] = {}
+        for line in data.decode(errors="replace").splitlines():
+            key, equals, value = line.partition("=")
+            if equals:
+                fields[key] = value
+        if "X_NSPAWN_LEADER_PID" in fields:
+            with contextlib.suppress(ValueError):
+                self.save(leader=_process(int(fields["X_NSPAWN_LEADER_PID"])))
+        if fields.get("READY") == "1" and self.record.leader is not None:
+            self._ready(self.record.leader.pid)
+
+    def _ready(self, leader: int) -> None:
+        if self.plan is not None:
+            from realms import network
+
+            try:
+                network.configure(self.plan, leader)
+            except NotImplementedError:
+                pass  # NETWORK: see _network_prepare
+            except RealmsError as error:
+                note(f"error: {error.message}")
+                self.report.send({"error": error.message, "hint": error.hint})
+                self._on_term(signal.SIGTERM, None)
+                return
+        self.save(state=RealmState.RUNNING)
+        note(f"realm {self.name} is ready (init {leader})")
+        self.report.send({"ready": leader, "address": self.record.address})
+
+    def _stop_orphans(self) -> None:
+        """nspawn is gone but the realm's processes are not (nspawn was SIGKILLed): power its
+        init off, and kill what is left after the grace time."""
+        self.save(state=RealmState.STOPPING)
+        leader = self.record.leader
+        if leader is not None and leader.alive():
+            note(f"nspawn is gone: powering off init {leader.pid}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leader.pid, POWEROFF)
+        deadline = time.monotonic() + ORPHAN_GRACE
+        while cgroups.populated(self.cgroup) and time.monotonic() < deadline:
+            cgroups.wait_empty(self.cgroup, 0.1)
+            self._reap_any()
+        if cgroups.populated(self.cgroup):
+            note("killing what is left in the realm's cgroup")
+            cgroups.kill(self.cgroup)
+            cgroups.wait_empty(self.cgroup, 10)
+        self._reap_any()
+
+    def _reap_any(self) -> None:
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    def _clean_up(self) -> None:
+        with contextlib.suppress(Exception):
+            self.save(state=RealmState.STOPPING)
+        if cgroups.populated(self.cgroup):
+            cgroups.kill(self.cgroup)
+            cgroups.wait_empty(self.cgroup, 10)
+        self._reap_any()
+        if self.plan is not None:
+            from realms import network
+
+            try:
+                network.release(self.store, self.name)
+            except NotImplementedError:
+                pass  # NETWORK: see _network_prepare
+            except RealmsError as error:
+                note(f"error: {error.message}")
+        state.forget(self.store, self.name)
+        note(f"realm {self.name} stopped")
+
+
+@contextlib.contextmanager
+def _notify_socket(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.unlink(missing_ok=True)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        notify.bind(str(path))
+        notify.setblocking(False)
+        yield notify
+    finally:
+        notify.close()
+        path.unlink(missing_ok=True)
+
+
+def _self() -> state.Process:
+    found = state.Process.of(os.getpid())
+    assert found is not None
+    return found
+
+
+def _process(pid: int) -> state.Process | None:
+    return state.Process.of(pid)
