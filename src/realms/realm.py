@@ -28,7 +28,7 @@ from realms import config, log, origin
 from realms.appimg.record import load_record
 from realms.errors import AlreadyExists, InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
-from realms.kinds import IMAGE_KINDS, ImageKind, Isolation
+from realms.kinds import IMAGE_KINDS, ImageKind, Isolation, RealmState
 from realms.names import check_appimg_name, check_existing_realm_name, check_realm_name
 from realms.store import Store, write_toml
 from realms.store.layout import RealmFiles
@@ -57,6 +57,16 @@ class RealmInfo:
     isolation: Isolation | str
     """userns (the realm's root is an unprivileged host uid) or privileged; a note when the
     realm's config cannot be read."""
+    state: RealmState = RealmState.STOPPED
+    """A booted realm's state (:mod:`realms.lifecycle.state`); running also while a one-shot
+    command runs in it (with no leader)."""
+    leader_pid: int | None = None
+    """A booted realm's init, as the host sees it."""
+    address: str | None = None
+    started: str | None = None
+    """When the booted realm was started (ISO time)."""
+    uptime: float | None = None
+    """Seconds since its init started."""
 
     @property
     def outdated(self) -> bool:
@@ -73,6 +83,10 @@ class RealmInfo:
             "outdated": self.outdated,
             "default": self.default,
             "running": self.running,
+            "state": self.state,
+            "leader_pid": self.leader_pid,
+            "address": self.address,
+            "started": self.started,
             "isolation": self.isolation,
             "uid_base": self.origin.uid_base,
             "kind": self.origin.kind,
@@ -125,20 +139,27 @@ def _current_versions(store: Store, appimgs: set[str]) -> dict[str, int]:
 
 
 def _infos(store: Store, origins: dict[str, origin.Origin]) -> list[RealmInfo]:
+    from realms.lifecycle.state import runtime_fields
+
     current = _current_versions(store, {o.appimg for o in origins.values()})
     default = default_realm(store)
-    return [
-        RealmInfo(
-            name,
-            found,
-            current.get(found.appimg),
-            name == default,
-            store.is_running(name),
-            store.realm_dir(name),
-            _isolation(store, name),
+    infos = []
+    for name, found in origins.items():
+        booted = runtime_fields(store, name)
+        running = booted is not None or store.is_running(name)
+        infos.append(
+            RealmInfo(
+                name,
+                found,
+                current.get(found.appimg),
+                name == default,
+                running,
+                store.realm_dir(name),
+                _isolation(store, name),
+                **(booted or ({"state": RealmState.RUNNING} if running else {})),
+            )
         )
-        for name, found in origins.items()
-    ]
+    return infos
 
 
 def _isolation(store: Store, name: str) -> Isolation | str:

@@ -182,6 +182,19 @@ def realm_state(info: RealmInfo) -> str:
     return "current"
 
 
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, second = divmod(int(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    days, hour = divmod(hours, 24)
+    if days:
+        return f"{days}d{hour}h"
+    if hours:
+        return f"{hours}h{minute:02d}m"
+    return f"{minutes}m{second:02d}s" if minutes else f"{second}s"
+
+
 def realms(found: list[RealmInfo]) -> None:
     rows = [
         [
@@ -189,12 +202,16 @@ def realms(found: list[RealmInfo]) -> None:
             r.origin.appimg,
             str(r.origin.appimg_version),
             realm_state(r),
-            _yes(r.running),
+            r.state,
+            str(r.leader_pid) if r.leader_pid else "-",
+            _uptime(r.uptime),
+            r.address or "-",
             r.isolation,
         ]
         for r in found
     ]
-    table(["NAME", "APPIMG", "VERSION", "STATUS", "RUNNING", "ISOLATION"], rows)
+    headers = ["NAME", "APPIMG", "VERSION", "STATUS", "STATE", "PID", "UPTIME", "ADDRESS"]
+    table([*headers, "ISOLATION"], rows)
 
 
 def _isolation(info: RealmInfo) -> str:
@@ -204,13 +221,21 @@ def _isolation(info: RealmInfo) -> str:
     return info.isolation
 
 
+def _booted(info: RealmInfo) -> str:
+    if info.leader_pid is None:
+        return info.state if info.state != "running" else "running (a command)"
+    since = f", up {_uptime(info.uptime)} since {info.started}" if info.started else ""
+    where = f", address {info.address}" if info.address else ""
+    return f"{info.state} (init {info.leader_pid}{since}{where})"
+
+
 def realm(info: RealmInfo) -> None:
     fields(
         [
             ("name", info.name + (" (default)" if info.default else "")),
             ("appimg", f"{info.origin.appimg} version {info.origin.appimg_version}"),
             ("status", realm_state(info)),
-            ("running", _yes(info.running)),
+            ("state", _booted(info)),
             ("isolation", _isolation(info)),
             ("created", info.origin.created),
             ("path", str(info.path)),

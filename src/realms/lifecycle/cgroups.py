@@ -39,12 +39,19 @@ def _mounts() -> list[tuple[str, str, str]]:
 
 
 @cache
-def unified_root() -> Path:
+def find_unified_root() -> Path | None:
     """Where the cgroup2 hierarchy is mounted (``/sys/fs/cgroup``, or
-    ``/sys/fs/cgroup/unified`` on a hybrid host)."""
+    ``/sys/fs/cgroup/unified`` on a hybrid host); None if it is not."""
     for point, fstype, _options in _mounts():
         if fstype == "cgroup2":
             return Path(point)
+    return None
+
+
+def unified_root() -> Path:
+    found = find_unified_root()
+    if found is not None:
+        return found
     raise RealmsError(
         "no cgroup2 hierarchy is mounted: booted realms need one (each realm's processes are "
         "kept in a cgroup of their own)",

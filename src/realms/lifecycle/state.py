@@ -171,6 +171,8 @@ def running(store: Store, name: str) -> RealmRuntime | None:
         return RealmRuntime(
             name, unit.state, unit.leader_pid, None, unit.main_pid, unit.started, cgroup, None, None
         )
+    if cgroups.find_unified_root() is None:
+        return None  # no cgroup2 here: no realm was booted by a supervisor of ours
     record = read(store, name)
     cgroup = cgroups.path(store.cgroup_name(name))
     if record is None or record.boot_id != boot_id():
@@ -221,3 +223,18 @@ def uptime_seconds(runtime: RealmRuntime) -> float | None:
     except OSError:
         return None
     return max(0.0, now - leader.start / os.sysconf("SC_CLK_TCK"))
+
+
+def runtime_fields(store: Store, name: str) -> dict[str, Any] | None:
+    """What ``realms list`` and ``show`` say of a booted realm that is not stopped (the fields
+    of :class:`realms.realm.RealmInfo`); None when it is stopped."""
+    runtime = running(store, name)
+    if runtime is None:
+        return None
+    return {
+        "state": runtime.state,
+        "leader_pid": runtime.leader_pid,
+        "address": runtime.address,
+        "started": runtime.started or None,
+        "uptime": uptime_seconds(runtime),
+    }
