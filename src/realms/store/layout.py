@@ -430,7 +430,8 @@ class Layout:
             what=f"realm {name}",
             wait=0,
             busy=f"realm {name!r} is running",
-            hint="wait for what runs in it to finish; one command at a time runs in a realm",
+            hint=f"stop it if it was started (realms stop {name}), or wait for what runs in it "
+            "to finish; one command at a time runs in a realm that is not started",
         )
 
     def is_running(self, name: str) -> bool:
