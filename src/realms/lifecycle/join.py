@@ -38,27 +38,25 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
-import platform
 import signal
-import socket
-import struct
 import subprocess
-import termios
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from realms.errors import Busy, RealmsError
+from realms.errors import Busy, Interrupted, RealmsError
 from realms.kinds import RealmState
-from realms.lifecycle import cgroups, state, terminal
+from realms.lifecycle import cgroups, state
 from realms.store import Store
 from realms.system.fs import read_in_root
 from realms.system.libc import checked, libc
 from realms.system.run import popen
+
+if TYPE_CHECKING:
+    from realms.lifecycle.terminal import Pty
 
 REALM_UID = 1000
 REALM_HOME = "/home/user"
@@ -111,7 +109,7 @@ class Identity:
     workdir: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     """Everything the child needs, found by the parent before the fork (the child only makes
     system calls with it)."""
@@ -126,10 +124,6 @@ class Plan:
     drop: tuple[int, ...]
     """Capabilities the leader's bounding set lacks."""
     identity: Identity
-    tty_fds: tuple[int, ...] = ()
-    """realms' standard descriptors that are terminals: the child's are the realm's pty."""
-    termios: list[Any] | None = None
-    winsize: bytes | None = None
 
 
 # The realm's files
@@ -300,7 +294,7 @@ def _find(command: str, path: str) -> str | None:
 
 
 def _new_session_keyring() -> None:
-    number = _SYS_KEYCTL.get(platform.machine())
+    number = _SYS_KEYCTL.get(os.uname().machine)
     if number is None:
         return
     if libc.syscall(number, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
@@ -310,7 +304,7 @@ def _new_session_keyring() -> None:
             raise OSError(failure, f"a session keyring of its own: {os.strerror(failure)}")
 
 
-def enter(plan: Plan, command: str, path: str, pty_socket: socket.socket | None) -> None:
+def enter(plan: Plan, command: str, path: str, pty: Pty | None) -> None:
     """In the child, between fork and exec: become a process of the realm (see the module's
     docstring for the order and why)."""
     checked(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl")
@@ -333,30 +327,13 @@ def enter(plan: Plan, command: str, path: str, pty_socket: socket.socket | None)
     except OSError:
         os.chdir("/")
     if _find(command, path) is None:
-        raise RealmsError(f"{command}: no such command in the realm")
-    if pty_socket is not None:
-        _take_terminal(plan, pty_socket)
+        raise RealmsError(f"no command {command!r} in the realm")
+    if pty is not None:
+        pty.take()
     else:
         os.setsid()
     # After the changes of credentials, which clear it: the command goes when realms goes.
     checked(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGHUP), 0, 0, 0), "prctl")
-
-
-def _take_terminal(plan: Plan, pty_socket: socket.socket) -> None:
-    """Open a pty of the realm's devpts as the user, make it the controlling terminal of a new
-    session, put it on the descriptors that were realms' terminal, and send the master back."""
-    master, slave = os.openpty()
-    os.setsid()
-    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-    if plan.termios is not None:
-        termios.tcsetattr(slave, termios.TCSANOW, plan.termios)
-    if plan.winsize is not None:
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, plan.winsize)
-    for fd in plan.tty_fds:
-        os.dup2(slave, fd)
-    socket.send_fds(pty_socket, [b"pty"], [master])
-    os.close(master)
-    os.close(slave)
 
 
 # The parent
@@ -376,28 +353,19 @@ def _children_in_pid_namespace(pidfd: int) -> Iterator[None]:
         os.close(own)
 
 
-def _terminal_of(plan: Plan) -> None:
-    plan.tty_fds = tuple(fd for fd in (0, 1, 2) if os.isatty(fd))
-    if not plan.tty_fds:
-        return
-    source = plan.tty_fds[0]
-    try:
-        plan.termios = termios.tcgetattr(source)
-        plan.winsize = fcntl.ioctl(source, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
-    except OSError:
-        plan.termios = plan.winsize = None
-
-
 def run_joined(plan: Plan, argv: list[str], env: dict[str, str], name: str) -> int:
     """Run ``argv`` as a process of the realm that ``plan`` describes; return its exit status
     (128 + N for a signal N, as a shell says)."""
-    _terminal_of(plan)
+    pty = None
+    if any(os.isatty(fd) for fd in (0, 1, 2)):
+        from realms.lifecycle.terminal import Pty
+
+        pty = Pty.for_this_process()
     failure_read, failure_write = os.pipe2(os.O_CLOEXEC)
-    parent_end, child_end = socket.socketpair() if plan.tty_fds else (None, None)
 
     def setup() -> None:
         try:
-            enter(plan, argv[0], env["PATH"], child_end)
+            enter(plan, argv[0], env["PATH"], pty)
         except BaseException as error:
             os.write(failure_write, str(error).encode(errors="replace")[:4000])
             raise
@@ -409,22 +377,16 @@ def run_joined(plan: Plan, argv: list[str], env: dict[str, str], name: str) -> i
         os.close(failure_write)
         failure_write = -1
         detail = os.read(failure_read, 4096).decode(errors="replace") or "unknown error"
-        raise RealmsError(f"joining realm {name!r} failed: {detail}") from None
+        if pty is not None:
+            pty.close()
+        raise RealmsError(f"realm {name!r}: {detail}") from None
     finally:
         os.close(failure_read)
         if failure_write >= 0:
             os.close(failure_write)
-        if child_end is not None:
-            child_end.close()
-    if parent_end is None:
+    if pty is None:
         return _status(_wait_forwarding(process))
-    with parent_end:
-        _message, fds, _flags, _address = socket.recv_fds(parent_end, 16, 1)
-    if not fds:
-        process.kill()
-        process.wait()
-        raise RealmsError(f"joining realm {name!r} failed: no terminal came back")
-    return _status(terminal.relay(process, fds[0], plan.tty_fds))
+    return _status(pty.relay(process))
 
 
 def _wait_forwarding(process: subprocess.Popen[bytes]) -> int:
@@ -436,9 +398,25 @@ def _wait_forwarding(process: subprocess.Popen[bytes]) -> int:
 
     previous = signal.signal(signal.SIGINT, forward)
     try:
-        return terminal.wait_or_hang_up(process)
+        return _wait_or_hang_up(process)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _wait_or_hang_up(process: subprocess.Popen[bytes]) -> int:
+    """Wait for the command; if realms is told to stop, the command is hung up first and then
+    the Interrupted error goes on."""
+    interrupted: Interrupted | None = None
+    while True:
+        try:
+            returncode = process.wait()
+            break
+        except Interrupted as error:
+            interrupted = error
+            process.send_signal(signal.SIGHUP)
+    if interrupted is not None:
+        raise interrupted
+    return returncode
 
 
 def _status(returncode: int) -> int:

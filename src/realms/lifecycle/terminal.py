@@ -17,13 +17,16 @@ import fcntl
 import os
 import selectors
 import signal
+import socket
 import struct
 import subprocess
 import termios
 import tty
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from realms.errors import Interrupted
+from realms.errors import Interrupted, RealmsError
 
 _CHUNK = 1 << 16
 
@@ -160,17 +163,58 @@ def _pump(master: int, child: int, keyboard: bool, output: int | None) -> None:
                 selector.unregister(master)
 
 
-def wait_or_hang_up(process: subprocess.Popen[bytes]) -> int:
-    """Wait for a command without a terminal; if realms is told to stop, the command is hung
-    up first and then the Interrupted error goes on."""
-    interrupted: Interrupted | None = None
-    while True:
-        try:
-            returncode = process.wait()
-            break
-        except Interrupted as error:
-            interrupted = error
-            process.send_signal(signal.SIGHUP)
-    if interrupted is not None:
-        raise interrupted
-    return returncode
+@dataclass(frozen=True)
+class Pty:
+    """The realm's terminal of a joined command: made by the child (:meth:`take`, between fork
+    and exec, in the realm), relayed by realms (:meth:`relay`)."""
+
+    tty_fds: tuple[int, ...]
+    """realms' descriptors among 0, 1 and 2 that are a terminal: the child's are the pty."""
+    attributes: list[Any] | None
+    """The termios settings of realms' terminal, which the realm's starts with."""
+    size: bytes | None
+    parent_end: socket.socket
+    child_end: socket.socket
+
+    @classmethod
+    def for_this_process(cls) -> Pty:
+        """Read realms' terminal before the fork."""
+        tty_fds = tuple(fd for fd in (0, 1, 2) if os.isatty(fd))
+        attributes = size = None
+        with contextlib.suppress(OSError, termios.error):
+            attributes = termios.tcgetattr(tty_fds[0])
+            size = fcntl.ioctl(tty_fds[0], termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        parent_end, child_end = socket.socketpair()
+        return cls(tty_fds, attributes, size, parent_end, child_end)
+
+    def take(self) -> None:
+        """In the child, in the realm as the user it runs as: open a pty of the realm's devpts
+        (so it is the user's), make it the controlling terminal of a new session, put it on
+        the descriptors that were realms' terminal, and send the master to realms."""
+        master, slave = os.openpty()
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        if self.attributes is not None:
+            termios.tcsetattr(slave, termios.TCSANOW, self.attributes)
+        if self.size is not None:
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, self.size)
+        for fd in self.tty_fds:
+            os.dup2(slave, fd)
+        socket.send_fds(self.child_end, [b"pty"], [master])
+        os.close(master)
+        os.close(slave)
+
+    def close(self) -> None:
+        self.parent_end.close()
+        self.child_end.close()
+
+    def relay(self, process: subprocess.Popen[bytes]) -> int:
+        """In realms, once the command runs: relay until it exits; its exit status."""
+        self.child_end.close()
+        with self.parent_end:
+            _message, fds, _flags, _address = socket.recv_fds(self.parent_end, 16, 1)
+        if not fds:
+            process.kill()
+            process.wait()
+            raise RealmsError("the joined command's terminal did not come back")
+        return relay(process, fds[0], self.tty_fds)
