@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from realms.appimg.versions import Pruned
     from realms.builder.build import BuildResult
     from realms.image.keys import KeyInfo, Keyring
-    from realms.lifecycle.control import Started
+    from realms.lifecycle.startstop import Started
     from realms.realm import (
         RealmInfo,
         default_realm,
@@ -128,6 +128,7 @@ __all__ = [
     "restart_realm",
     "revoke_key",
     "rollback_appimg",
+    "run",
     "run_in_realm",
     "seal_appimg",
     "set_default_realm",
@@ -389,14 +390,31 @@ def default(store: Store, name: str | None = None) -> str:
 
 
 def shell(store: Store, name: str | None = None, *, root: bool = False) -> int:
-    """An interactive login shell in realm ``name`` (default: the default realm); return its
-    exit status."""
-    from realms.realm import default_realm, run_in_realm
+    """An interactive login shell in realm ``name`` (default: the current realm, else the
+    default realm); return its exit status."""
+    from realms.realm import run_in_realm
 
-    name = name or default_realm(store)
+    return run_in_realm(store, _realm_or_current(store, name, "shell NAME"), [], root=root)
+
+
+def run(store: Store, name: str | None, command: list[str], *, root: bool = False) -> int:
+    """Run ``command`` in realm ``name`` (default: the current realm, else the default realm);
+    return its exit status."""
+    from realms.realm import run_in_realm
+
+    return run_in_realm(
+        store, _realm_or_current(store, name, "run NAME -- COMMAND"), command, root=root
+    )
+
+
+def _realm_or_current(store: Store, name: str | None, usage: str) -> str:
+    name = name or current_realm(store)
     if name is None:
-        raise RealmsError("no realm named and no default realm", hint="name one: realms shell NAME")
-    return run_in_realm(store, name, [], root=root)
+        raise RealmsError(
+            "no realm named, and no current or default realm",
+            hint=f"name one (realms {usage}), or choose one: realms current NAME",
+        )
+    return name
 
 
 def start_realm(

@@ -249,7 +249,7 @@ def test_realm_lifecycle(store: Store, tree: Path, owners: Owners) -> None:
     assert api.list_realms(store) == []
     with pytest.raises(RealmsError, match="no default realm"):
         api.default(store)
-    with pytest.raises(RealmsError, match="no realm named and no default realm"):
+    with pytest.raises(RealmsError, match="no realm named, and no current or default realm"):
         api.shell(store)
     with pytest.raises(NotFound):
         api.remove_realm(store, "work")

@@ -84,8 +84,8 @@ def shell(call: Call) -> int:
 
 def run(call: Call) -> int:
     if not call.trailing:
-        raise UsageError("run needs a command after --: realms run NAME -- COMMAND ...")
-    return api.run_in_realm(call.store, call.text("name"), call.trailing, root=call.flag("root"))
+        raise UsageError("run needs a command after --: realms run [NAME] -- COMMAND ...")
+    return api.run(call.store, call.maybe_text("name"), call.trailing, root=call.flag("root"))
 
 
 def start(call: Call) -> int:
@@ -111,6 +111,8 @@ def stop(call: Call) -> int:
     )
     for name in stopped:
         log.note(f"Stopped realm {name}")
+    if not stopped:
+        log.note(f"Realm {call.text('name')} is not running")
     return 0
 
 

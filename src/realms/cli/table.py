@@ -542,7 +542,12 @@ COMMANDS: tuple[Group | Command, ...] = (
         "open a login shell in a realm (as the realm's user, uid 1000, unless --root)",
         "realm_handlers.shell",
         args=(
-            Arg("name", "default: the default realm", optional=True, complete="realm"),
+            Arg(
+                "name",
+                "default: the current realm, else the default realm",
+                optional=True,
+                complete="realm",
+            ),
             Arg("--root", "a root shell", flag=True),
         ),
     ),
@@ -550,11 +555,15 @@ COMMANDS: tuple[Group | Command, ...] = (
         ("run",),
         "run a command in a realm and pass its exit status through",
         "realm_handlers.run",
-        "Run COMMAND in realm NAME with systemd-nspawn, as the realm's user (uid 1000, in "
-        "/home/user) unless --root. Its exit status becomes realms' exit status.",
-        (NAME_REALM, Arg("--root", "run as root", flag=True)),
+        "Run COMMAND in realm NAME (default: the current realm, else the default realm) with "
+        "systemd-nspawn, as the realm's user (uid 1000, in /home/user) unless --root. Its exit "
+        "status becomes realms' exit status.",
+        (
+            Arg("name", "default: the current realm", optional=True, complete="realm"),
+            Arg("--root", "run as root", flag=True),
+        ),
         trailing="required",
-        usage="realms run [-h] [--root] NAME -- COMMAND [ARG ...]",
+        usage="realms run [-h] [--root] [NAME] -- COMMAND [ARG ...]",
     ),
     Command(
         ("default",),
