@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from realms.errors import NotFound, RealmsError
+from realms.faults import checkpoint
 from realms.kinds import RealmState
 from realms.lifecycle import cgroups, state
 from realms.names import check_existing_realm_name
@@ -107,6 +108,7 @@ def _launch_and_wait(store: Store, name: str, timeout: float, began: float) -> S
     from realms.lifecycle import supervisor
 
     pid, report = supervisor.launch(store, name)
+    checkpoint("realm-start:launched")
     try:
         message = _read_report(report, began + timeout)
     except BaseException:
@@ -120,12 +122,12 @@ def _launch_and_wait(store: Store, name: str, timeout: float, began: float) -> S
             name, int(message["ready"]), time.monotonic() - began, message.get("address")
         )
     if message is None:
-        _halt_started(store, name, 0)
         reason = (
             f"realm {name!r} did not report READY within {timeout:g}s; it was stopped"
             if _alive(pid)
             else f"the supervisor of realm {name!r} died before the realm was ready"
         )
+        _halt_started(store, name, 0)
         raise RealmsError(reason, hint=_log_hint(store, name), details=log_tail(store, name))
     # The supervisor stops the realm itself when it reports an error; wait for it to be done.
     _wait_exit(pid, SUPERVISOR_WAIT)
