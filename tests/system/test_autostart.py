@@ -208,3 +208,20 @@ def test_current_starts_its_realm_and_shell_and_run_use_it(booted: Booted) -> No
     shutil.rmtree(Layout(realms.store).runtime_dir)
     assert realms("current").stdout == "work\n"
     assert realms("run", "--", "cat", "which").stdout == "work\n"
+
+
+@pytest.mark.slow
+def test_the_default_base_boots_without_a_login_prompt(booted: Booted) -> None:
+    """The default appimg, built for real from the host's mirror, boots to READY with no
+    failed unit and no getty, and keeps its user (uid 1000, sudo)."""
+    realms = booted.realms
+    realms("appimg", "build")
+    realms("new", "plainbase", "--appimg", "base")
+    booted.made.append("plainbase")
+    assert started(realms("start", "plainbase").stderr) == ["plainbase"]
+    assert realms("run", "plainbase", "--", "systemctl", "is-system-running").stdout == "running\n"
+    assert realms("run", "plainbase", "--", "systemctl", "--failed", "--no-legend").stdout == ""
+    who = realms("run", "plainbase", "--", "sh", "-c", "id -u; sudo -n id -u").stdout.split()
+    assert who == ["1000", "0"]
+    console = (realms.store / "logs" / "realm-plainbase.console").read_text(errors="replace")
+    assert "Reached target" in console and "login:" not in console
