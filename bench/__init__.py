@@ -21,5 +21,6 @@ BENCHMARKS = (
     "image_realm",
     "userns",
     "registry",
+    "booted",
 )
 """The benchmarks, in the order bench/README.md describes them."""

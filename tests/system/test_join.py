@@ -11,10 +11,11 @@ terminal. A stopped realm still runs a command in a container of its own.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pexpect
@@ -71,28 +72,65 @@ def test_user_root_environment_and_directory(realms: Realms, booted: str) -> Non
     assert "REALMS_TEST_SECRET" not in env and "REALMS_STORE" not in env
 
 
-def test_joined_process_is_in_the_realm_cgroup(realms: Realms, booted: str) -> None:
-    from realms.lifecycle import cgroups, state
+def _live_in_cgroup(cgroup: Path, comm: str) -> list[int]:
+    """The live (not zombie) processes named ``comm`` in a realm's cgroup, as the host sees
+    them."""
+    from realms.lifecycle import cgroups
+
+    found = []
+    for pid in cgroups.pids(cgroup):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        name, _, rest = stat.partition("(")[2].rpartition(")")
+        if name == comm and rest.split()[0] != "Z":
+            found.append(pid)
+    return found
+
+
+def _wait_for(check: Callable[[], bool], what: str) -> None:
+    for _ in range(300):
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"still not so after 30 s: {what}")
+
+
+def _cgroup(realms: Realms, name: str) -> Path:
+    from realms.lifecycle import state
     from realms.store import Store
 
+    runtime = state.running(Store.open(realms.store), name)
+    assert runtime is not None
+    return Path(runtime.cgroup)
+
+
+def test_joined_process_is_in_the_realm_cgroup(realms: Realms, booted: str) -> None:
     inside = realms("run", booted, "--", "cat", "/proc/self/cgroup").stdout
     assert "0::/init.scope" in inside.splitlines()
+    cgroup = _cgroup(realms, booted)
     sleeper = realms.spawn("run", booted, "--", "sleep", "300")
     try:
-        runtime = state.running(Store.open(realms.store), booted)
-        assert runtime is not None
-        for _ in range(100):
-            comms = {}
-            for pid in cgroups.pids(runtime.cgroup):
-                try:
-                    comms[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
-                except OSError:
-                    continue
-            if "sleep" in comms.values():
-                break
-            assert sleeper.poll() is None, sleeper.communicate()
-            time.sleep(0.1)
-        assert "sleep" in comms.values(), comms
+        _wait_for(lambda: bool(_live_in_cgroup(cgroup, "sleep")), "sleep in the realm's cgroup")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_the_joined_command_goes_with_realms(
+    realms: Realms, booted: str, signum: signal.Signals
+) -> None:
+    """realms told to stop (SIGTERM) hangs the command up; realms killed (SIGKILL) leaves it
+    to the kernel, which sends it SIGHUP: nothing it started stays in the realm."""
+    cgroup = _cgroup(realms, booted)
+    sleeper = realms.spawn("run", booted, "--", "sleep", "300")
+    try:
+        _wait_for(lambda: bool(_live_in_cgroup(cgroup, "sleep")), "sleep in the realm's cgroup")
+        sleeper.send_signal(signum)
+        sleeper.wait(timeout=60)
+        _wait_for(lambda: not _live_in_cgroup(cgroup, "sleep"), "the joined sleep gone")
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -406,17 +406,13 @@ def _wait_forwarding(process: subprocess.Popen[bytes]) -> int:
 def _wait_or_hang_up(process: subprocess.Popen[bytes]) -> int:
     """Wait for the command; if realms is told to stop, the command is hung up first and then
     the Interrupted error goes on."""
-    interrupted: Interrupted | None = None
-    while True:
-        try:
-            returncode = process.wait()
-            break
-        except Interrupted as error:
-            interrupted = error
-            process.send_signal(signal.SIGHUP)
-    if interrupted is not None:
-        raise interrupted
-    return returncode
+    try:
+        return process.wait()
+    except Interrupted:
+        from realms.lifecycle.terminal import hang_up
+
+        hang_up(process)
+        raise
 
 
 def _status(returncode: int) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 from realms.errors import Interrupted, RealmsError
 
 _CHUNK = 1 << 16
+HANG_UP_WAIT = 5.0
 
 
 @contextlib.contextmanager
@@ -39,7 +40,9 @@ def _raw(fd: int) -> Iterator[None]:
     try:
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        # A terminal that hung up (its window closed: realms got SIGHUP) has nothing to restore.
+        with contextlib.suppress(OSError, termios.error):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 @contextlib.contextmanager
@@ -115,10 +118,20 @@ def relay(process: subprocess.Popen[bytes], master: int, tty_fds: tuple[int, ...
             _pump(master, child, keyboard, output)
             _drain(master, output)
         except Interrupted:
-            process.send_signal(signal.SIGHUP)
-            process.wait()
+            hang_up(process)
             raise
     return process.wait()
+
+
+def hang_up(process: subprocess.Popen[bytes]) -> None:
+    """Stop the command because realms was told to stop: SIGHUP, as when a terminal goes away,
+    and SIGKILL if it is still there after a while (realms does not outlive it)."""
+    process.send_signal(signal.SIGHUP)
+    try:
+        process.wait(timeout=HANG_UP_WAIT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _pump(master: int, child: int, keyboard: bool, output: int | None) -> None:
