@@ -27,6 +27,7 @@ waits for:
 - ``realms run (joined)``: ``realms -q run b0 -- true``, b0 running;
 - ``nsenter -a``: ``nsenter -t LEADER -a true`` on b0's init;
 - ``realms stop``: ``realms -q stop b0``;
+- ``realms run (one-shot)``: ``realms -q run b0 -- true``, b0 stopped (for comparison);
 - ``bare nspawn start``: from starting nspawn to READY=1 on the notify socket;
 - ``bare nspawn stop``: from SIGTERM to nspawn to its exit.
 
@@ -107,6 +108,7 @@ START = "realms start"
 RUN = "realms run (joined)"
 NSENTER = "nsenter -a"
 STOP = "realms stop"
+ONE_SHOT = "realms run (one-shot)"
 BARE_START = "bare nspawn start"
 BARE_STOP = "bare nspawn stop"
 
@@ -244,15 +246,10 @@ class Bench(BenchBase):
             raise RuntimeError(f"realm {name} is not running")
         return int(runtime.leader_pid)
 
-    def command(self, *args: str) -> Callable[[int], float]:
+    def command(self, *args: str, settle: bool = False) -> Callable[[int], float]:
         def sample(_run: int) -> float:
-            return timed(self.realms_cmd(*args), self.env)
-
-        return sample
-
-    def settled_command(self, *args: str) -> Callable[[int], float]:
-        def sample(_run: int) -> float:
-            self.settle()
+            if settle:
+                self.settle()
             return timed(self.realms_cmd(*args), self.env)
 
         return sample
@@ -269,17 +266,12 @@ class Bench(BenchBase):
 
         return sample
 
-    def bare_start(self) -> Callable[[int], float]:
+    def bare_sample(self, *, start: bool) -> Callable[[int], float]:
         def sample(_run: int) -> float:
             assert self.bare is not None
-            self.settle()
-            return self.bare.start()
-
-        return sample
-
-    def bare_stop(self) -> Callable[[int], float]:
-        def sample(_run: int) -> float:
-            assert self.bare is not None
+            if start:
+                self.settle()
+                return self.bare.start()
             return self.bare.stop()
 
         return sample
@@ -451,12 +443,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prepared = prepare(bench, args)
                 measurements = [
                     Measurement(VERSION, "-", args.runs, bench.startup()),
-                    Measurement(START, "-", args.runs, bench.settled_command("start", REALM)),
+                    Measurement(START, "-", args.runs, bench.command("start", REALM, settle=True)),
                     Measurement(RUN, "-", args.runs, bench.command("run", REALM, "--", "true")),
                     Measurement(NSENTER, "-", args.runs, bench.nsenter()),
                     Measurement(STOP, "-", args.runs, bench.command("stop", REALM)),
-                    Measurement(BARE_START, "-", args.runs, bench.bare_start()),
-                    Measurement(BARE_STOP, "-", args.runs, bench.bare_stop()),
+                    Measurement(
+                        ONE_SHOT, "-", args.runs, bench.command("run", REALM, "--", "true")
+                    ),
+                    Measurement(BARE_START, "-", args.runs, bench.bare_sample(start=True)),
+                    Measurement(BARE_STOP, "-", args.runs, bench.bare_sample(start=False)),
                 ]
                 # One round runs them in this order: each start is followed by its stop.
                 measure(measurements, args.warmup, mountpoint)
@@ -485,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             RUN: f"realms -q run {REALM} -- true ({REALM} running: joined)",
             NSENTER: f"nsenter -t LEADER -a true (LEADER: {REALM}'s init)",
             STOP: f"realms -q stop {REALM}",
+            ONE_SHOT: f"realms -q run {REALM} -- true ({REALM} stopped: a container of its own)",
             BARE_START: " ".join(bench.bare.argv() if bench.bare else [])
             + " (NOTIFY_SOCKET; until READY=1)",
             BARE_STOP: "SIGTERM to the bare nspawn, until it exits",
