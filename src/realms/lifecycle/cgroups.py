@@ -12,6 +12,7 @@ hierarchy: removal takes both trees, deepest first.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import time
@@ -82,15 +83,26 @@ def populated(directory: Path) -> bool:
     """Whether any process is in the cgroup or below it (a missing cgroup has none)."""
     try:
         text = (directory / "cgroup.events").read_text()
-    except FileNotFoundError:
-        return False
+    except OSError as error:
+        if _gone(error):
+            return False
+        raise
     return "populated 1" in text.splitlines()
+
+
+def _gone(error: OSError) -> bool:
+    """Whether ``error`` says the cgroup is gone: no such file, or (a file opened before the
+    cgroup was removed) no such device."""
+    return error.errno in (errno.ENOENT, errno.ENODEV)
 
 
 def kill(directory: Path) -> None:
     """SIGKILL every process in the cgroup and below (kernel 5.14+)."""
-    with contextlib.suppress(FileNotFoundError):
+    try:
         (directory / "cgroup.kill").write_text("1")
+    except OSError as error:
+        if not _gone(error):
+            raise
 
 
 def wait_empty(directory: Path, timeout: float) -> bool:
@@ -105,8 +117,13 @@ def wait_empty(directory: Path, timeout: float) -> bool:
         poller = select.poll()
         poller.register(fd, select.POLLPRI | select.POLLERR)
         while True:
-            if b"populated 0" in os.pread(fd, 256, 0):
-                return True
+            try:
+                if b"populated 0" in os.pread(fd, 256, 0):
+                    return True
+            except OSError as error:
+                if _gone(error):
+                    return True  # removed: only an empty cgroup can be
+                raise
             left = deadline - time.monotonic()
             if left <= 0:
                 return False

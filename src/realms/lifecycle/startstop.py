@@ -240,8 +240,7 @@ def _forget(store: Store, name: str) -> None:
 def _release_network(store: Store, name: str) -> None:
     from realms import network
 
-    with contextlib.suppress(NotImplementedError):  # NETWORK: until realms.network is written
-        network.release(store, name)
+    network.release(store, name)
 
 
 def _signal(pid: int, signum: int) -> None:

@@ -174,17 +174,6 @@ def boot_container(store: Store, name: str) -> tuple[Container, dict[str, Any]]:
     return container, realm_settings(store, name)
 
 
-def _network_prepare(store: Store, name: str, settings: dict[str, Any]) -> NetworkPlan | None:
-    from realms import network
-
-    try:
-        return network.prepare(store, name, settings)
-    except NotImplementedError:
-        # NETWORK: until realms.network is written, the container's own switch (use-network)
-        # stands; remove this fallback with it.
-        return None
-
-
 class Supervisor:
     def __init__(self, store: Store, name: str, report: Report) -> None:
         self.store = store
@@ -221,11 +210,14 @@ class Supervisor:
                     hint=f"stop it first: realms stop {self.name}",
                 )
             container, settings = boot_container(self.store, self.name)
-            self.plan = _network_prepare(self.store, self.name, settings)
-            if self.plan is not None:
-                container.private_network = False
-                container.extra_args = [*container.extra_args, *self.plan.nspawn_args]
-                self.save(address=self.plan.address)
+            from realms import network
+
+            # The plan decides the network (use-network = false included): nspawn's options
+            # are its own, not the one-shot container's switch.
+            self.plan = network.prepare(self.store, self.name, settings)
+            container.private_network = False
+            container.extra_args = [*container.extra_args, *self.plan.nspawn_args]
+            self.save(address=self.plan.address)
             cgroups.create(self.store.cgroup_name(self.name))
             with _notify_socket(self.store.notify_socket_path(self.name)) as notify:
                 status = self._boot_loop(container, notify, wake_read)
@@ -338,8 +330,6 @@ class Supervisor:
 
             try:
                 network.configure(self.plan, leader)
-            except NotImplementedError:
-                pass  # NETWORK: see _network_prepare
             except RealmsError as error:
                 note(f"error: {error.message}")
                 self.report.send({"error": error.message, "hint": error.hint})
@@ -389,8 +379,6 @@ class Supervisor:
 
             try:
                 network.release(self.store, self.name)
-            except NotImplementedError:
-                pass  # NETWORK: see _network_prepare
             except RealmsError as error:
                 note(f"error: {error.message}")
         state.forget(self.store, self.name)
