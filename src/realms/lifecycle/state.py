@@ -207,8 +207,12 @@ def running(store: Store, name: str) -> RealmRuntime | None:
 def forget(store: Store, name: str) -> None:
     """Remove what a stopped realm left under /run/realms and its empty cgroup; the caller
     holds the realm's lock and checked that it is stopped (:func:`running` is None)."""
-    store.runtime_state_path(name).unlink(missing_ok=True)
+    path = store.runtime_state_path(name)
+    path.unlink(missing_ok=True)
     store.notify_socket_path(name).unlink(missing_ok=True)
+    # What a writer killed between its temporary file and the rename left.
+    for leftover in path.parent.glob(f"{temporary_name(path).name.rsplit('.', 1)[0]}.*"):
+        leftover.unlink(missing_ok=True)
     cgroups.remove(store.cgroup_name(name))
 
 

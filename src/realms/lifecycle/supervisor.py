@@ -54,6 +54,9 @@ REBOOT_STATUS = 133
 """nspawn's exit status when the container's init asked for a reboot."""
 ORPHAN_GRACE = 10.0
 """How long init gets to power off when nspawn is gone, before everything is killed."""
+REBOOT_LIMIT = (5, 60.0)
+"""At most this many reboots from inside within so many seconds: a realm that reboots at once,
+again and again, is stopped (its console log says why) instead of looping for ever."""
 POWEROFF = signal.SIGRTMIN + 4
 """systemd's signal for "power off" (SIGTERM to systemd as PID 1 means re-execute)."""
 _PR_SET_CHILD_SUBREAPER = 36
@@ -226,6 +229,9 @@ class Supervisor:
             self._clean_up()
 
     def _on_term(self, _signum: int, _frame: Any) -> None:
+        if not self.stop_requested:
+            with contextlib.suppress(OSError):
+                self.save(state=RealmState.STOPPING)
         self.stop_requested = True
         if self.nspawn is not None and self.nspawn.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -239,6 +245,7 @@ class Supervisor:
         # One cgroup2 tree for the realm, also on a hybrid host (systemd 258 drops v1).
         env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
         argv = nspawn_argv(container, interactive=False, systemd_pid1=False)
+        reboots: list[float] = []
         while True:
             if self.stop_requested:
                 return 0
@@ -259,6 +266,15 @@ class Supervisor:
             note(f"nspawn exited with status {status}")
             if cgroups.populated(self.cgroup):
                 self._stop_orphans()
+            reboots.append(time.monotonic())
+            if len(reboots) > REBOOT_LIMIT[0]:
+                reboots.pop(0)
+                if reboots[-1] - reboots[0] < REBOOT_LIMIT[1]:
+                    note(
+                        f"realm {self.name} rebooted {REBOOT_LIMIT[0]} times within "
+                        f"{REBOOT_LIMIT[1]:g}s: stopping it"
+                    )
+                    return status
             if status != REBOOT_STATUS or self.stop_requested:
                 if self.report.fd >= 0:
                     self.report.send(
