@@ -33,18 +33,23 @@ class Booted(Protocol):
     def runtime(self, name: str) -> Any: ...
 
 
-def _pss_kib(pid: int) -> tuple[int, int]:
-    """(PSS, RSS) of a process in KiB; zeros if it is gone."""
-    found = {"Pss:": 0, "Rss:": 0}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as handle:
-            for line in handle:
-                words = line.split()
-                if words and words[0] in found:
-                    found[words[0]] = int(words[1])
-    except OSError:
-        pass
-    return found["Pss:"], found["Rss:"]
+_FIELDS = {"Pss:": "pss", "Pss_Anon:": "pss_anon", "Rss:": "rss"}
+
+
+def _memory_kib(pids: list[int]) -> dict[str, int]:
+    """PSS, its anonymous part (what page cache is not: the processes' own data) and RSS of
+    processes together, in KiB; a process that is gone counts nothing."""
+    found = dict.fromkeys(_FIELDS.values(), 0)
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                for line in handle:
+                    words = line.split()
+                    if words and words[0] in _FIELDS:
+                        found[_FIELDS[words[0]]] += int(words[1])
+        except OSError:
+            continue
+    return found
 
 
 def realm_memory(bench: Booted, name: str) -> dict[str, Any]:
@@ -54,21 +59,17 @@ def realm_memory(bench: Booted, name: str) -> dict[str, Any]:
     if runtime is None:
         raise RuntimeError(f"realm {name} is not running")
     pids = cgroups.pids(runtime.cgroup)
-    pss = rss = 0
-    for pid in pids:
-        p, r = _pss_kib(pid)
-        pss, rss = pss + p, rss + r
-    supervisor = _pss_kib(runtime.supervisor_pid) if runtime.supervisor_pid else (0, 0)
+    realm = _memory_kib(pids)
+    supervisor = _memory_kib([runtime.supervisor_pid] if runtime.supervisor_pid else [])
     current = None
     with contextlib.suppress(OSError, ValueError):
         current = int((runtime.cgroup / "memory.current").read_text()) / MIB
     return {
         "processes": len(pids),
-        "cgroup_pss_mib": round(pss / 1024, 2),
-        "cgroup_rss_mib": round(rss / 1024, 2),
-        "supervisor_pss_mib": round(supervisor[0] / 1024, 2),
-        "supervisor_rss_mib": round(supervisor[1] / 1024, 2),
-        "total_pss_mib": round((pss + supervisor[0]) / 1024, 2),
+        **{f"cgroup_{key}_mib": round(value / 1024, 2) for key, value in realm.items()},
+        **{f"supervisor_{key}_mib": round(value / 1024, 2) for key, value in supervisor.items()},
+        "total_pss_mib": round((realm["pss"] + supervisor["pss"]) / 1024, 2),
+        "total_pss_anon_mib": round((realm["pss_anon"] + supervisor["pss_anon"]) / 1024, 2),
         "memory_current_mib": None if current is None else round(current, 2),
     }
 
@@ -114,7 +115,8 @@ def print_memory(memory: dict[str, Any]) -> tuple[dict[str, Any], str, bool]:
     """Print the table of memory per realm; return its summary, the target's claim and whether
     it is met (the median of realm and supervisor together under the goal)."""
     per_realm = memory["per_realm"].values()
-    keys = ("cgroup_pss_mib", "supervisor_pss_mib", "total_pss_mib", "cgroup_rss_mib")
+    keys = [key for key in next(iter(per_realm)) if key.endswith("_mib")]
+    keys.remove("memory_current_mib")
     summary = {
         key: {
             "median": round(statistics.median(r[key] for r in per_realm), 1),
@@ -134,8 +136,11 @@ def print_memory(memory: dict[str, Any]) -> tuple[dict[str, Any], str, bool]:
             [label, f"{summary[key]['median']:.1f}", f"{summary[key]['max']:.1f}"]
             for label, key in (
                 ("realm's cgroup (init, services, nspawn)", "cgroup_pss_mib"),
+                ("  of which anonymous (not page cache)", "cgroup_pss_anon_mib"),
                 ("its supervisor (realms)", "supervisor_pss_mib"),
+                ("  of which anonymous", "supervisor_pss_anon_mib"),
                 ("both", "total_pss_mib"),
+                ("  of which anonymous", "total_pss_anon_mib"),
                 ("realm's cgroup, RSS", "cgroup_rss_mib"),
             )
         ],
