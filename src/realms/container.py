@@ -234,7 +234,10 @@ def nspawn_argv(
         argv += ["--resolv-conf=bind-host", "--timezone=off"]
     argv += [f"--setenv={key}={value}" for key, value in container.environment.items()]
     argv += container.extra_args
-    if container.command and not container.boot:
+    if container.boot:
+        # systemd would name the machine after the tree's /etc/hostname (the appimg's).
+        argv += ["--", f"systemd.hostname={container.machine}"]
+    elif container.command:
         argv += ["--", *container.command]
     return argv
 

@@ -55,6 +55,8 @@ def test_start_list_run_stop(boot_store: Realms, realm: str) -> None:
     group = cgroup_of(realms, realm)
     assert leader in cgroups.pids(group)
     assert realms("run", realm, "--root", "--", "cat", "/proc/1/comm").stdout.strip() == "systemd"
+    # Named after the realm, not after its appimg's /etc/hostname.
+    assert realms("run", realm, "--", "cat", "/proc/sys/kernel/hostname").stdout.strip() == realm
 
     # A second start does nothing; remove refuses a running realm and says how to stop it.
     again = realms("start", realm)
