@@ -24,6 +24,12 @@ it (systemd-nspawn(1)). The realm's run lock is held in the unit as well, for as
 runs (:func:`realms.lifecycle.systemd_unit.hold_run_lock`), so that ``realms remove`` refuses a
 running realm on this path too.
 
+The realm's network (:mod:`realms.network`) is the unit's as well: its main process prepares it
+(the address, nspawn's arguments), ``ExecStartPost=`` configures it after READY (at every start
+of the unit, so also after a reboot from inside, and before ``systemd-run`` returns) and
+``ExecStopPost=`` releases it however the realm stopped; :func:`stop` releases it once more
+(harmless) in case that one was killed, and what is still left the next prepare reconciles.
+
 State is systemd's (:func:`unit_state`, from ``systemctl show``; the init's pid from
 machined): nothing is written under /run/realms on this path, and a host reboot or a killed
 ``realms`` command cannot leave a realm marked running that is not.
@@ -204,6 +210,20 @@ def launcher_argv(store: Path, name: str) -> list[str]:
     return [sys.executable, "-m", "realms.lifecycle.systemd_unit", str(store), name]
 
 
+def _network_properties(name: str) -> list[str]:
+    """ExecStartPost= and ExecStopPost= (see :mod:`realms.lifecycle.systemd_unit`). The store
+    is the unit's REALMS_STORE, expanded by systemd at exec time as one word (no quoting of a
+    path in a command line); a failed release ("-") does not fail the unit, a failed configure
+    fails its start."""
+    python = '"' + sys.executable.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    command = f"{python} -m realms.lifecycle.systemd_unit"
+    store_word = "${" + STORE_VARIABLE + "}"
+    return [
+        f"ExecStartPost={command} configure {store_word} {name}",
+        f"ExecStopPost=-{command} release {store_word} {name}",
+    ]
+
+
 def start(
     store: Path,
     name: str,
@@ -227,7 +247,8 @@ def start(
     argv.append(f"--description=realm {name}")
     # The journal names the realm's console lines after it, not after the launcher (python3).
     argv.append(f"--property=SyslogIdentifier={unit_name(name).removesuffix('.service')}")
-    argv += [f"--property={item}" for item in (*BASE_PROPERTIES, *properties)]
+    unit_properties = (*BASE_PROPERTIES, *_network_properties(name), *properties)
+    argv += [f"--property={item}" for item in unit_properties]
     argv.append(f"--property=TimeoutStartSec={max(1, round(timeout))}s")
     argv += [f"--setenv={key}={value}" for key, value in env.items()]
     argv += ["--", *launcher_argv(store, name)]
@@ -258,8 +279,10 @@ def _tail_of(name: str) -> str:
 
 def stop(name: str, *, timeout: float) -> bool:
     """Stop realm ``name``'s unit: SIGTERM to nspawn (init powers off), SIGKILL to all of it
-    after ``timeout`` seconds; False if it was not running."""
-    if unit_state(name) is None:
+    after ``timeout`` seconds; False if it was not running. Its network is released (by its
+    ExecStopPost=, and here again once the unit is gone)."""
+    found = unit_state(name)
+    if found is None:
         return False
     unit = unit_name(name)
     run(["systemctl", "stop", "--no-block", unit], check=False)
@@ -267,7 +290,21 @@ def stop(name: str, *, timeout: float) -> bool:
         run(["systemctl", "kill", "--signal=SIGKILL", unit], check=False)
         if not _wait_stopped(name, 10):
             raise RealmsError(f"{unit} did not stop", hint=f"systemctl status {unit}")
+    if found.store is not None:
+        _release(found.store, name)
     return True
+
+
+def _release(root: Path, name: str) -> None:
+    """What the unit's ExecStopPost= does, in case it was killed (SIGKILL to the unit reaches
+    it too); nothing is left to do when it ran."""
+    from realms import log, network
+    from realms.store import Store
+
+    try:
+        network.release(Store.open(root), name)
+    except RealmsError as error:
+        log.warn(f"realm {name}: its network was not released: {error.message}")
 
 
 def _wait_stopped(name: str, timeout: float) -> bool:

@@ -2,11 +2,19 @@
 which starts it as ``python3 -m realms.lifecycle.systemd_unit STORE NAME``).
 
 It takes the realm's run lock for the unit's lifetime, builds the realm's container as every
-boot does (:func:`realms.realm.realm_container`, init as PID 1), prepares its root filesystem in
-a mount namespace of its own, and execs ``systemd-nspawn --register=yes --keep-unit``, which
+boot does (:func:`realms.realm.realm_container`, init as PID 1), prepares its network
+(:func:`realms.network.prepare`: the address, nspawn's arguments) and its root filesystem in a
+mount namespace of its own, and execs ``systemd-nspawn --register=yes --keep-unit``, which
 thereby becomes the unit's main process. It is a module of its own, apart from
 :mod:`realms.lifecycle.systemd`, because it needs the realm layer, which needs the state that
 asks systemd.
+
+The unit's two other commands are here as well (``python3 -m realms.lifecycle.systemd_unit
+configure|release STORE NAME``): ``ExecStartPost=`` configures the realm's private network
+once nspawn reported READY (:func:`realms.network.configure`; systemd runs it at every start
+of the unit, a reboot from inside included, and ``systemd-run`` returns only after it), and
+``ExecStopPost=`` releases it once the realm stopped, whoever stopped it (``realms stop``,
+a poweroff inside, a failed start).
 """
 
 from __future__ import annotations
@@ -15,26 +23,41 @@ import fcntl
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from realms.errors import RealmsError
 from realms.lifecycle.systemd import CGROUP_ROOT, LOCK_CGROUP, NSPAWN_OPTIONS
 from realms.system.run import popen
 
+if TYPE_CHECKING:
+    from realms.store import Store
+
+COMMANDS = ("configure", "release")
+"""The unit's ExecStartPost= and ExecStopPost= (its network)."""
+
 
 def main(argv: Sequence[str]) -> int:
-    """The unit's main process: build realm ``NAME``'s booted container, prepare its root
-    here, and exec nspawn (which becomes the main process that reports READY)."""
+    """The unit's main process: build realm ``NAME``'s booted container, prepare its network
+    and root here, and exec nspawn (which becomes the main process that reports READY). With
+    ``configure`` or ``release`` first: the unit's ``ExecStartPost=`` and ``ExecStopPost=``."""
+    if len(argv) == 3 and argv[0] in COMMANDS:
+        return _network_command(argv[0], Path(argv[1]), argv[2])
     if len(argv) != 2:
-        print("usage: python3 -m realms.lifecycle.systemd_unit STORE NAME", file=sys.stderr)
+        print(
+            "usage: python3 -m realms.lifecycle.systemd_unit [configure|release] STORE NAME",
+            file=sys.stderr,
+        )
         return 2
+    from realms import network
     from realms.container import _userns_for, nspawn_argv, prepare_root
     from realms.lifecycle.order import require_init
-    from realms.realm import realm_container
+    from realms.realm import realm_container, realm_settings
     from realms.store import Store
 
     name = argv[1]
@@ -44,7 +67,16 @@ def main(argv: Sequence[str]) -> int:
         hold_run_lock(store.run_lock_path(name), name)
         container, view = realm_container(store, name, store.realm_dir(name), [], root=True)
         require_init(view, name)
-        container = replace(container, boot=True)
+        # As the supervisor does: the plan decides the network (use-network = false included),
+        # nspawn's options are its own, not the one-shot container's switch. What it allocates
+        # is released by the unit's ExecStopPost= even if the boot fails from here on.
+        plan = network.prepare(store, name, realm_settings(store, name))
+        container = replace(
+            container,
+            boot=True,
+            private_network=False,
+            extra_args=[*container.extra_args, *plan.nspawn_args],
+        )
         nspawn = [*nspawn_argv(container, interactive=False, systemd_pid1=True), *NSPAWN_OPTIONS]
         userns = _userns_for(container)
         prepare_root(container, userns)
@@ -60,6 +92,60 @@ def main(argv: Sequence[str]) -> int:
     # as system.run logs what it runs.
     print("+ " + shlex.join(nspawn), file=sys.stderr, flush=True)
     os.execvp(nspawn[0], nspawn)  # noqa: S606
+
+
+def _network_command(command: str, root: Path, name: str) -> int:
+    from realms import network
+    from realms.store import Store
+
+    try:
+        store = Store.open(root)
+        if command == "configure":
+            configure_network(store, name)
+        else:
+            network.release(store, name)
+    except RealmsError as error:
+        print(f"realms: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def configure_network(store: Store, name: str) -> None:
+    """After READY: set up realm ``name``'s private network as :func:`realms.network.configure`
+    does for the supervisor; nothing when it has none. The unit's main process that made the
+    plan is nspawn now, so the plan is made again from what prepare left: the veth nspawn made
+    (there is one only when the plan said private) and the address kept in the realm's
+    ``network.toml`` (:mod:`realms.network.ipam`). Preparing again is no way: it would delete
+    the running realm's veth as a stale one."""
+    from realms import network
+    from realms.kinds import NetworkMode
+    from realms.lifecycle.systemd import leader_pid
+    from realms.network import bridge, ipam, zones
+
+    interface = bridge.veth_name(store.root, name)
+    if interface not in {found for _, found in socket.if_nameindex()}:
+        return  # host or none: nspawn was given no veth
+    record = ipam.read(store, name)
+    if record is None:
+        raise RealmsError(f"realm {name!r} has a veth {interface} but no address")
+    with store.network_lock():
+        automatic = ipam.automatic_subnets(store, [record.zone])
+    subnet = zones.subnet_of(store.config.zones, automatic, record.zone)
+    leader = leader_pid(name)
+    if leader is None:
+        raise RealmsError(f"realm {name!r} is not registered with systemd-machined")
+    plan = network.NetworkPlan(
+        store,
+        name,
+        NetworkMode.PRIVATE,
+        (),
+        zone=record.zone,
+        address=record.address,
+        prefix_length=subnet.prefixlen,
+        gateway=str(zones.gateway(subnet)),
+        host_interface=interface,
+    )
+    network.configure(plan, leader)
 
 
 def hold_run_lock(path: Path, name: str) -> None:
