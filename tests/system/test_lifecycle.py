@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,10 +99,10 @@ def test_restart_and_reboot_from_inside(boot_store: Realms, realm: str) -> None:
     assert_stopped_clean(realms, realm)
 
 
-def _record(realms: Realms, name: str) -> dict[str, object]:
+def _record(realms: Realms, name: str) -> dict[str, Any]:
     import json
 
-    found: dict[str, object] = json.loads(state_file(realms, name).read_text())
+    found: dict[str, Any] = json.loads(state_file(realms, name).read_text())
     return found
 
 
