@@ -75,9 +75,11 @@ def main(argv: Sequence[str]) -> int:
             container,
             boot=True,
             private_network=False,
-            extra_args=[*container.extra_args, *plan.nspawn_args],
+            # nspawn's options go before its directory and init's arguments (all after those
+            # is init's: systemd.hostname=...), so these too are extra arguments.
+            extra_args=[*container.extra_args, *plan.nspawn_args, *NSPAWN_OPTIONS],
         )
-        nspawn = [*nspawn_argv(container, interactive=False, systemd_pid1=True), *NSPAWN_OPTIONS]
+        nspawn = nspawn_argv(container, interactive=False, systemd_pid1=True)
         userns = _userns_for(container)
         prepare_root(container, userns)
     except RealmsError as error:

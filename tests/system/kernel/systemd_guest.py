@@ -62,6 +62,7 @@ ROOT_PACKAGES = (
     "btrfs-progs",
     "util-linux",
     "iproute2",
+    "nftables",
     "cryptsetup-bin",
     "e2fsprogs",
 )
@@ -77,6 +78,14 @@ ROOT_MODULES = (
     "overlay",
     "dm-verity",
     "erofs",
+    # Private networks (realms.network): veth, bridge, and what the zone rules use.
+    "veth",
+    "bridge",
+    "nf_tables",
+    "nft_ct",
+    "nft_reject_inet",
+    "nft_masq",
+    "nft_chain_nat",
 )
 SCRIPT = "/usr/local/sbin/realms-guest-test"
 TARGET = "realms-guest.target"

@@ -56,6 +56,31 @@ say machines-after "$(machinectl list --no-legend --no-pager | wc -l)"
 realms stop box; say stop-again $?
 realms run box -- true; say run-stopped $?
 
+# Networks of realms started as units: private (zone net) and none (loopback only).
+realms start netbox; say net-start $?
+leader=$(machinectl show netbox --property=Leader --value)
+say net-address "$(nsenter -t "$leader" -n ip -4 -o addr show dev host0 | awk '{print $4}')"
+say net-route "$(nsenter -t "$leader" -n ip -4 route show default | awk '{print $3}')"
+say net-bridge "$(ip -4 -o addr show dev realms-net | awk '{print $4}')"
+say net-ports "$(ip -o link show master realms-net | wc -l)"
+say net-table "$(nft list tables | grep -c 'inet realms')"
+machinectl poweroff netbox
+i=0; while [ "$(systemctl is-active realm-netbox.service)" != inactive ] && [ $i -lt 300 ]; do
+    sleep 0.2; i=$((i+1)); done
+say net-self-stopped "$(systemctl is-active realm-netbox.service)"
+journalctl -u realm-netbox.service --no-pager -o cat | tail -5
+say net-bridge-after "$(ip -o link show realms-net 2>/dev/null | wc -l)"
+say net-table-after "$(nft list tables | grep -c 'inet realms')"
+realms start netbox; say net-restart $?
+leader=$(machinectl show netbox --property=Leader --value)
+say net-address-again "$(nsenter -t "$leader" -n ip -4 -o addr show dev host0 | awk '{print $4}')"
+realms stop netbox; say net-stop $?
+say net-bridge-stopped "$(ip -o link show realms-net 2>/dev/null | wc -l)"
+realms start nonet; say none-start $?
+leader=$(machinectl show nonet --property=Leader --value)
+say none-links "$(nsenter -t "$leader" -n ip -o link | awk -F': ' '{print $2}' | tr '\n' ' ')"
+realms stop nonet; say none-stop $?
+
 realms status
 realms new sealedbox --appimg base; say new-sealed $?
 realms run sealedbox -- cat /etc/motd; say run-sealed $?
@@ -93,12 +118,20 @@ def store_disk(bootable_tree: Path, tmp_path: Path) -> Iterator[Path]:
         realms("init")
         realms("appimg", "import", "base", str(bootable_tree))
         realms("new", "box", "--appimg", "base")
+        for name, settings in (
+            ("netbox", 'network = "private"\nnetwork-zone = "net"\n'),
+            ("nonet", 'network = "none"\n'),
+        ):
+            realms("new", name, "--appimg", "base")
+            realm_config = realms.store / "realms" / name / "config"
+            realm_config.write_text(realm_config.read_text() + settings)
+        zones = '\n[zones.net]\nsubnet = "10.77.0.0/24"\n'
         # A file the sealed version has and the tree version has not.
         realms("update-appimg", "base", "--", "sh", "-c", "echo sealed-by-the-host > /etc/motd")
         realms("key", "generate", "guest")
         realms("appimg", "seal", "base", "--channel", "guest", "--fs", "ext4")
         config = realms.store / "config.toml"
-        config.write_text(config.read_text() + '\nverity = "kernel"\n')
+        config.write_text(config.read_text() + '\nverity = "kernel"\n' + zones)
     finally:
         unmount_below(tmp_path)
     assert not loops_backed_below(tmp_path)
@@ -139,6 +172,26 @@ def test_started_realm_is_a_unit_registered_with_machined(
     assert said["machines-after"] == "0", context
     assert said["stop-again"] == "0", context
     assert said["run-stopped"] == "0", context  # the run lock went with the unit
+
+    # A private network set up by the unit (prepare, ExecStartPost= configure), released by
+    # its ExecStopPost= when the realm powers off by itself, and by realms stop.
+    assert said["net-start"] == "0", context
+    assert said["net-address"] == "10.77.0.2/24", context
+    assert said["net-route"] == "10.77.0.1", context
+    assert said["net-bridge"] == "10.77.0.1/24", context
+    assert said["net-ports"] == "1", context
+    assert said["net-table"] == "1", context
+    assert said["net-self-stopped"] in ("inactive", "unknown"), context
+    assert said["net-bridge-after"] == "0", context
+    assert said["net-table-after"] == "0", context
+    assert said["net-restart"] == "0", context
+    assert said["net-address-again"] == "10.77.0.2/24", context
+    assert said["net-stop"] == "0", context
+    assert said["net-bridge-stopped"] == "0", context
+    # network = "none": nspawn's --private-network, loopback only.
+    assert said["none-start"] == "0", context
+    assert said["none-links"].split() == ["lo"], context
+    assert said["none-stop"] == "0", context
 
     # The sealed version under the kernel's dm-verity.
     assert said["new-sealed"] == "0", context

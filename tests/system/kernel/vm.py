@@ -64,6 +64,9 @@ KEPT_MODULES = (
     "drivers/block",
     "drivers/md",
     "drivers/virtio",
+    # Private networks of booted realms (bridge, nftables; a realm's veth).
+    "net",
+    "drivers/net/veth.ko",
 )
 GUEST_PROGRAMS = ("/usr/sbin/veritysetup",)
 BEGIN = "REALMS-GUEST-BEGIN"
