@@ -101,7 +101,9 @@ def _start_with_systemd(store: Store, name: str, timeout: float, began: float) -
     found = systemd.start(store.root, name, timeout=left)
     if found.leader_pid is None:
         raise RealmsError(f"realm {name!r} is not registered with systemd-machined")
-    return Started(name, found.leader_pid, time.monotonic() - began)
+    from realms.network import address_of
+
+    return Started(name, found.leader_pid, time.monotonic() - began, address_of(store, name))
 
 
 def _launch_and_wait(store: Store, name: str, timeout: float, began: float) -> Started:

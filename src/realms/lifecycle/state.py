@@ -167,9 +167,20 @@ def running(store: Store, name: str) -> RealmRuntime | None:
         unit = systemd.unit_of(store.root, name)
         if unit is None:
             return None
+        from realms.network import address_of
+
         cgroup = unit.cgroup or cgroups.path(store.cgroup_name(name))
+        address = address_of(store, name)
         return RealmRuntime(
-            name, unit.state, unit.leader_pid, None, unit.main_pid, unit.started, cgroup, None, None
+            name,
+            unit.state,
+            unit.leader_pid,
+            None,
+            unit.main_pid,
+            unit.started,
+            cgroup,
+            address,
+            None,
         )
     if cgroups.find_unified_root() is None:
         return None  # no cgroup2 here: no realm was booted by a supervisor of ours

@@ -64,6 +64,8 @@ say net-route "$(nsenter -t "$leader" -n ip -4 route show default | awk '{print 
 say net-bridge "$(ip -4 -o addr show dev realms-net | awk '{print $4}')"
 say net-ports "$(ip -o link show master realms-net | wc -l)"
 say net-table "$(nft list tables | grep -c 'inet realms')"
+say net-listed "$(realms show netbox --json |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["address"])')"
 machinectl poweroff netbox
 i=0; while [ "$(systemctl is-active realm-netbox.service)" != inactive ] && [ $i -lt 300 ]; do
     sleep 0.2; i=$((i+1)); done
@@ -177,6 +179,7 @@ def test_started_realm_is_a_unit_registered_with_machined(
     # its ExecStopPost= when the realm powers off by itself, and by realms stop.
     assert said["net-start"] == "0", context
     assert said["net-address"] == "10.77.0.2/24", context
+    assert said["net-listed"].split("/")[0] == "10.77.0.2", context
     assert said["net-route"] == "10.77.0.1", context
     assert said["net-bridge"] == "10.77.0.1/24", context
     assert said["net-ports"] == "1", context
