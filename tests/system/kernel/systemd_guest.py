@@ -28,24 +28,21 @@ import gzip
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from tests.system.kernel.vm import (
     BEGIN,
     END,
-    QEMU,
     Cpio,
     GuestRun,
     Kernel,
     VMError,
     _module_bytes,
     _run,
-    _tail,
-    _text,
     module_load_order,
     require_qemu,
+    run_guest,
 )
 
 SOURCE = Path(__file__).resolve().parents[3] / "src/realms"
@@ -241,23 +238,4 @@ class SystemdGuest:
         argv += ["-append", append]
         for drive in (self.root, *drives):
             argv += ["-drive", f"file={drive},format=raw,if=virtio"]
-        try:
-            result = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired as expired:
-            console = _text(expired.stdout or b"")
-            message = f"the guest did not power off within {timeout} s:\n{_tail(console, 80)}"
-            raise VMError(message) from None
-        finally:
-            initrd.unlink(missing_ok=True)
-        console = _text(result.stdout)
-        if result.returncode != 0:
-            stderr = _text(result.stderr).strip()
-            raise VMError(f"{QEMU} exited {result.returncode}: {stderr}\n{_tail(console, 80)}")
-        begin = console.find(BEGIN + "\n")
-        end = re.search(rf"^{END} (\d+)$", console, re.MULTILINE)
-        if begin < 0 or not end:
-            raise VMError(f"the guest did not run its script to the end:\n{_tail(console, 80)}")
-        output = console[begin + len(BEGIN) + 1 : end.start()]
-        return GuestRun(console=console, output=output, status=int(end.group(1)))
+        return run_guest(argv, initrd, timeout, tail=80)

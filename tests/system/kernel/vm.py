@@ -408,33 +408,49 @@ class Guest:
         ]
         for drive in drives:
             argv += ["-drive", f"file={drive},format=raw,if=virtio,readonly=on"]
-        try:
-            result = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as expired:
-            console = _text(expired.stdout or b"")
-            message = f"the guest did not power off within {timeout} s:\n{_tail(console)}"
-            raise VMError(message) from None
-        finally:
-            initrd.unlink(missing_ok=True)
-        console = _text(result.stdout)
-        if result.returncode != 0:
-            stderr = _text(result.stderr).strip()
-            raise VMError(f"{QEMU} exited {result.returncode}: {stderr}\n{_tail(console)}")
-        begin = console.find(BEGIN + "\n")
-        end = re.search(rf"^{END} (\d+)$", console, re.MULTILINE)
-        if begin < 0 or not end:
-            raise VMError(f"the guest did not run its script to the end:\n{_tail(console)}")
+        return run_guest(argv, initrd, timeout, insmod_failures=True)
+
+
+def run_guest(
+    argv: list[str],
+    initrd: Path,
+    timeout: float,
+    *,
+    tail: int = 40,
+    insmod_failures: bool = False,
+) -> GuestRun:
+    """Run QEMU ``argv``: a guest that prints BEGIN, its script's output and END STATUS, then
+    powers off. ``initrd`` is deleted afterwards. VMError with the console's last ``tail``
+    lines when QEMU fails, times out, or the script does not finish (with ``insmod_failures``,
+    also when the initramfs could not load a module)."""
+    try:
+        result = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as expired:
+        console = _text(expired.stdout or b"")
+        message = f"the guest did not power off within {timeout} s:\n{_tail(console, tail)}"
+        raise VMError(message) from None
+    finally:
+        initrd.unlink(missing_ok=True)
+    console = _text(result.stdout)
+    if result.returncode != 0:
+        stderr = _text(result.stderr).strip()
+        raise VMError(f"{QEMU} exited {result.returncode}: {stderr}\n{_tail(console, tail)}")
+    begin = console.find(BEGIN + "\n")
+    end = re.search(rf"^{END} (\d+)$", console, re.MULTILINE)
+    if begin < 0 or not end:
+        raise VMError(f"the guest did not run its script to the end:\n{_tail(console, tail)}")
+    if insmod_failures:
         failed = re.search(r"^guest: insmod .* failed$", console[:begin], re.MULTILINE)
         if failed:
-            raise VMError(f"{failed.group(0)}:\n{_tail(console[:begin])}")
-        output = console[begin + len(BEGIN) + 1 : end.start()]
-        return GuestRun(console=console, output=output, status=int(end.group(1)))
+            raise VMError(f"{failed.group(0)}:\n{_tail(console[:begin], tail)}")
+    output = console[begin + len(BEGIN) + 1 : end.start()]
+    return GuestRun(console=console, output=output, status=int(end.group(1)))
 
 
 def _text(data: bytes) -> str:
