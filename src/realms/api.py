@@ -13,8 +13,6 @@ a message and a hint) for anything a user can cause; results are dataclasses wit
 from __future__ import annotations
 
 import importlib
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +21,7 @@ from realms.errors import AlreadyExists, RealmsError
 from realms.store import InitResult, Store, init, locate
 
 if TYPE_CHECKING:
-    from realms.activation import Activation
+    from realms.appimg.diff import TreeDiff, diff_appimg
     from realms.appimg.images import Verification
     from realms.appimg.ops import (
         AppimgInfo,
@@ -36,6 +34,9 @@ if TYPE_CHECKING:
     from realms.appimg.update import UpdateResult
     from realms.appimg.versions import Pruned
     from realms.builder.build import BuildResult
+    from realms.health.check import CheckReport, check_store
+    from realms.health.gc import GcResult, collect_garbage
+    from realms.health.usage import DiskUsage, disk_usage
     from realms.image.keys import KeyInfo, Keyring
     from realms.lifecycle.startstop import Started
     from realms.realm import (
@@ -48,9 +49,18 @@ if TYPE_CHECKING:
         set_default_realm,
         show_realm,
     )
+    from realms.realm_config import configure_realm
     from realms.registry.pull import Outdated, PullResult
     from realms.registry.push import PushResult
-    from realms.system.kernel import Features
+    from realms.rootfs.rebase import RebaseResult, rebase_outdated, rebase_realm
+    from realms.rootfs.snapshots import (
+        Snapshot,
+        list_snapshots,
+        remove_snapshot,
+        restore_snapshot,
+        snapshot_realm,
+    )
+    from realms.status import Status, status
 
 # What this module passes on from the modules that own it, imported when first used: a command
 # imports only the modules it needs (``realms appimg verify`` never imports realms, containers or
@@ -74,6 +84,25 @@ _LAZY = {
     "run_in_realm": "realms.realm",
     "set_default_realm": "realms.realm",
     "show_realm": "realms.realm",
+    "Status": "realms.status",
+    "status": "realms.status",
+    "TreeDiff": "realms.appimg.diff",
+    "diff_appimg": "realms.appimg.diff",
+    "CheckReport": "realms.health.check",
+    "check_store": "realms.health.check",
+    "GcResult": "realms.health.gc",
+    "collect_garbage": "realms.health.gc",
+    "DiskUsage": "realms.health.usage",
+    "disk_usage": "realms.health.usage",
+    "configure_realm": "realms.realm_config",
+    "RebaseResult": "realms.rootfs.rebase",
+    "rebase_outdated": "realms.rootfs.rebase",
+    "rebase_realm": "realms.rootfs.rebase",
+    "Snapshot": "realms.rootfs.snapshots",
+    "list_snapshots": "realms.rootfs.snapshots",
+    "remove_snapshot": "realms.rootfs.snapshots",
+    "restore_snapshot": "realms.rootfs.snapshots",
+    "snapshot_realm": "realms.rootfs.snapshots",
 }
 
 
@@ -90,20 +119,31 @@ __all__ = [
     "AppimgInfo",
     "AppimgRecord",
     "BuildResult",
+    "CheckReport",
+    "DiskUsage",
+    "GcResult",
     "InitResult",
     "KeyTrusted",
     "Pruned",
     "RealmInfo",
+    "RebaseResult",
     "Revocation",
+    "Snapshot",
     "Status",
     "Store",
+    "TreeDiff",
     "UpdateResult",
     "Version",
     "appimg_versions",
     "build_appimg",
+    "check_store",
+    "collect_garbage",
+    "configure_realm",
     "current_realm",
     "default",
     "default_realm",
+    "diff_appimg",
+    "disk_usage",
     "export_appimg",
     "export_key",
     "generate_key",
@@ -113,6 +153,7 @@ __all__ = [
     "list_appimgs",
     "list_keys",
     "list_realms",
+    "list_snapshots",
     "locate",
     "new_realm",
     "open_store",
@@ -121,11 +162,15 @@ __all__ = [
     "prune_appimg",
     "pull_appimg",
     "push_appimg",
+    "rebase_outdated",
+    "rebase_realm",
     "registry_login",
     "registry_logout",
     "remove_appimg",
     "remove_realm",
+    "remove_snapshot",
     "restart_realm",
+    "restore_snapshot",
     "revoke_key",
     "rollback_appimg",
     "run",
@@ -135,6 +180,7 @@ __all__ = [
     "shell",
     "show_appimg",
     "show_realm",
+    "snapshot_realm",
     "start_realm",
     "status",
     "stop_realm",
@@ -454,64 +500,3 @@ def current_realm(store: Store, name: str | None = None) -> str | None:
 def open_store(path: str | Path | None = None) -> Store:
     """Open the store at ``path``, $REALMS_STORE, or /var/lib/realms."""
     return Store.open(locate(path))
-
-
-@dataclass(frozen=True)
-class Status:
-    store: Store
-    features: Features
-    appimgs: int
-    realms: int
-    default_realm: str | None
-    leftovers: int
-    pool_image: Path | None
-    total_bytes: int
-    free_bytes: int
-    activations: list[Activation]
-
-    @property
-    def verity(self) -> str:
-        from realms.system import kernel
-
-        return kernel.verity_enforcement(self.store.config.verity, self.features)
-
-    def to_json(self) -> dict[str, Any]:
-        from realms.container import systemd_is_pid1
-
-        return {
-            "store": str(self.store.root),
-            "backend": self.store.backend.name,
-            "verity": self.verity,
-            "pool": str(self.pool_image) if self.pool_image else None,
-            "space": {"total": self.total_bytes, "free": self.free_bytes},
-            "appimgs": self.appimgs,
-            "realms": self.realms,
-            "default_realm": self.default_realm,
-            "leftovers": self.leftovers,
-            "activations": [found.to_json() for found in self.activations],
-            "kernel": self.features.to_json(),
-            "systemd_pid1": systemd_is_pid1(),
-            "policy": dict(self.store.config.values),
-        }
-
-
-def status(store: Store) -> Status:
-    from realms import activation
-    from realms.appimg.ops import list_appimgs
-    from realms.realm import default_realm
-    from realms.store import pool
-    from realms.system import kernel
-
-    usage = shutil.disk_usage(store.root)
-    return Status(
-        store=store,
-        features=kernel.features(),
-        appimgs=len(list_appimgs(store)),
-        realms=sum(1 for e in os.listdir(store.realms_dir) if not e.startswith(".")),
-        default_realm=default_realm(store),
-        leftovers=len(store.leftovers()),
-        pool_image=pool.mounted_pool(store.root),
-        total_bytes=usage.total,
-        free_bytes=usage.free,
-        activations=activation.activations(store),
-    )

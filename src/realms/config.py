@@ -142,6 +142,19 @@ REALM_SETTINGS: list[Setting[Any]] = [
         [],
         "realms started before this one and stopped after it",
     ),
+    Setting(
+        "keep",
+        STRINGS,
+        ["/etc/machine-id", "/etc/ssh/ssh_host_*"],
+        "paths of the root filesystem that `realms rebase` carries over to the new root "
+        "(globs; the home is never in the root and always stays)",
+    ),
+    Setting(
+        "keep-snapshots",
+        whole_number(minimum=0),
+        5,
+        "how many snapshots of its root filesystem the realm keeps (the oldest go first)",
+    ),
 ]
 
 

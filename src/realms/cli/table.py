@@ -64,6 +64,9 @@ class Group:
     path: tuple[str, ...]
     help: str
     description: str
+    default_command: str | None = None
+    """The command that runs when the word after the group is none of its commands
+    (``realms snapshot NAME`` is ``realms snapshot take NAME``)."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,18 @@ COMMANDS: tuple[Group | Command, ...] = (
             ),
             Arg(
                 "--rebuild",
-                "build even when the inputs did not change (to get the mirror's newest packages)",
+                "build even when the inputs did not change",
+                flag=True,
+            ),
+            Arg(
+                "--offline",
+                "ask no mirror: use the newest cached build of the config and say how old its "
+                "mirror state is",
+                flag=True,
+            ),
+            Arg(
+                "--explain",
+                "say which stages hit or miss the cache and why (which input changed)",
                 flag=True,
             ),
         ),
@@ -233,6 +247,26 @@ COMMANDS: tuple[Group | Command, ...] = (
             ),
             Arg("--fs", "default: ext4", choices=("ext4", "erofs"), default="ext4"),
             Arg("--no-verity", "a block version: no hash tree, no signature", flag=True),
+            Arg(
+                "--salt",
+                "the dm-verity salt, 64 hex characters (default: random); with the same tree "
+                "and salt the image is the same",
+                metavar="HEX",
+            ),
+        ),
+    ),
+    Command(
+        ("appimg", "diff"),
+        "list the files added, removed and changed between two versions",
+        "diff_handlers.diff",
+        "Compare two versions of appimg NAME (trees, block or sealed images, in any mix): "
+        "the paths added, removed, and changed, with what changed (type, content, mode, "
+        "owner, mtime, xattrs, symlink target). Exits 0 whether or not they differ.",
+        (
+            NAME_APPIMG,
+            Arg("v1", "the older version", type=int),
+            Arg("v2", "the newer version", type=int),
+            JSON,
         ),
     ),
     Command(
@@ -570,6 +604,106 @@ COMMANDS: tuple[Group | Command, ...] = (
         "print the default realm, or set it to NAME",
         "realm_handlers.default",
         args=(Arg("name", optional=True, complete="realm"),),
+    ),
+    Command(
+        ("config",),
+        "print a realm's settings, one setting, or set one",
+        "config_handlers.config",
+        "Without KEY, print every setting of realm NAME (its config file over the global "
+        "[realm-defaults]); with KEY, that setting; with KEY VALUE, set it (VALUE is TOML: "
+        'true, 3, "text", ["a", "b"]; a bare word is a string), checked as the file '
+        "is. --unset KEY goes back to the default. The realm's config file stays editable by "
+        "hand.",
+        (
+            NAME_REALM,
+            Arg("key", optional=True),
+            Arg("value", optional=True),
+            Arg("--unset", "remove KEY from the realm's config", metavar="KEY"),
+            JSON,
+        ),
+    ),
+    Command(
+        ("rebase",),
+        "give a realm a fresh root from its appimg's current version, keeping its state",
+        "rootfs_handlers.rebase",
+        "Replace realm NAME's root filesystem with one made from its appimg's current version "
+        "(or --to VERSION), carrying over its state: the paths its config's keep setting "
+        "names (default: machine-id and ssh host keys); the home and config are not in the "
+        "root and stay as they are. The old root is kept as the realm's snapshot "
+        "'pre-rebase', which --undo goes back to. Refused while the realm runs, unless "
+        "--restart (stop, rebase, start). --all-outdated rebases every outdated realm.",
+        (
+            Arg("name", optional=True, complete="realm"),
+            Arg(
+                "--to", "the appimg version (default: the current one)", type=int, metavar="VERSION"
+            ),
+            Arg("--undo", "go back to the root from before the last rebase", flag=True),
+            Arg("--restart", "stop a running realm first and start it again after", flag=True),
+            Arg("--all-outdated", "rebase every outdated realm and report each", flag=True),
+            JSON,
+        ),
+    ),
+    Group(
+        ("snapshot",),
+        "take, list and remove snapshots of a realm's root filesystem",
+        "Snapshots of a realm's root filesystem (instant on btrfs). 'realms snapshot NAME "
+        "[LABEL]' takes one; the realm's keep-snapshots setting bounds how many are kept "
+        "(the oldest go first). 'realms restore NAME LABEL' goes back to one.",
+        default_command="take",
+    ),
+    Command(
+        ("snapshot", "take"),
+        "snapshot a realm's root filesystem (LABEL: default the date and time)",
+        "rootfs_handlers.snapshot_take",
+        args=(NAME_REALM, Arg("label", optional=True)),
+    ),
+    Command(
+        ("snapshot", "list"),
+        "list a realm's snapshots",
+        "rootfs_handlers.snapshot_list",
+        args=(NAME_REALM, JSON),
+    ),
+    Command(
+        ("snapshot", "remove"),
+        "remove a snapshot of a realm",
+        "rootfs_handlers.snapshot_remove",
+        args=(NAME_REALM, Arg("label")),
+    ),
+    Command(
+        ("restore",),
+        "give a realm back the root filesystem of one of its snapshots",
+        "rootfs_handlers.restore",
+        "Make snapshot LABEL realm NAME's root filesystem again; the root it replaces is kept "
+        "as the snapshot 'pre-restore'. Refused while the realm runs.",
+        (NAME_REALM, Arg("label")),
+    ),
+    Command(
+        ("df",),
+        "show the disk space each appimg version, realm, cache and leftover holds",
+        "usage_handlers.df",
+        "For every appimg version and realm: the bytes it holds alone (exclusive) and the "
+        "bytes it shares with others, measured with btrfs qgroups where they are enabled and "
+        "'btrfs filesystem du' otherwise (the output says which); then the caches, the "
+        "leftovers, and what 'realms gc' would free.",
+        (JSON,),
+    ),
+    Command(
+        ("gc",),
+        "free unreferenced cache entries, old unpinned versions beyond the keep count, "
+        "stale blobs and leftovers",
+        "usage_handlers.gc",
+        args=(Arg("--dry-run", "say what would be freed, free nothing", flag=True), JSON),
+    ),
+    Command(
+        ("check",),
+        "check the store against its records; --repair fixes what it can without losing data",
+        "check_handlers.check",
+        "Check every record of the store against what is on disk: versions, subvolumes, "
+        "image files, realm roots and upper layers, activations and their counts, loop "
+        "devices, mounts, locks, leftovers, keys and their modes, the trust store. Each "
+        "problem is one line with what --repair would do; --repair does it (an orphaned "
+        "realm root is moved to removed/, never deleted). Exits 1 when problems remain.",
+        (Arg("--repair", "fix what can be fixed without losing data", flag=True), JSON),
     ),
 )
 
