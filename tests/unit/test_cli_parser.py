@@ -88,3 +88,39 @@ def test_help_and_errors_of_a_command_are_the_same(words: list[str]) -> None:
 def test_anything_unclear_gets_the_whole_parser(words: list[str]) -> None:
     assert command_path(words) is None
     assert _outcome(words, reduced=True) == _outcome(words, reduced=False)
+
+
+@pytest.mark.parametrize(
+    ("words", "expanded"),
+    [
+        (["snapshot", "r1"], ["snapshot", "take", "r1"]),
+        (["snapshot", "r1", "before-upgrade"], ["snapshot", "take", "r1", "before-upgrade"]),
+        (["-v", "snapshot", "--quiet", "r1"], ["-v", "snapshot", "--quiet", "take", "r1"]),
+        (["--store", "/s", "snapshot", "r1"], ["--store", "/s", "snapshot", "take", "r1"]),
+        # A realm named like a command of the group: through the command's own word.
+        (["snapshot", "take", "list"], ["snapshot", "take", "list"]),
+        (["snapshot", "list", "r1"], ["snapshot", "list", "r1"]),
+        (["snapshot", "remove", "r1", "x"], ["snapshot", "remove", "r1", "x"]),
+        # The group alone or with an option: argparse says what the group has.
+        (["snapshot"], ["snapshot"]),
+        (["snapshot", "--help"], ["snapshot", "--help"]),
+        # Groups without a default command, and commands, are left alone.
+        (["appimg", "r1"], ["appimg", "r1"]),
+        (["new", "snapshot"], ["new", "snapshot"]),
+    ],
+)
+def test_a_group_default_command(words: list[str], expanded: list[str]) -> None:
+    from realms.cli.parser import with_default_commands
+
+    assert with_default_commands(words) == expanded
+
+
+def test_snapshot_name_parses_as_snapshot_take() -> None:
+    from realms.cli.parser import with_default_commands
+
+    words = with_default_commands(["snapshot", "r1", "mine"])
+    parsed = build_parser(words).parse_args(words)
+    assert parsed.entry.path == ("snapshot", "take")
+    assert (parsed.name, parsed.label) == ("r1", "mine")
+    words = with_default_commands(["snapshot", "take", "list"])
+    assert build_parser(words).parse_args(words).name == "list"

@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from realms import log
 from realms.cli.call import Call, UsageError
-from realms.cli.parser import build_parser
+from realms.cli.parser import build_parser, with_default_commands
 from realms.cli.table import Command, trailing_words
 from realms.errors import Interrupted, RealmsError, readable
 
@@ -73,6 +73,7 @@ def run() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words, trailing = _split_trailing(list(sys.argv[1:] if argv is None else argv))
+    words = with_default_commands(words)
     parser = build_parser(words)
     args = parser.parse_args(words)
     call = Call(args, trailing)

@@ -90,6 +90,38 @@ def build_parser(words: Sequence[str] | None = None) -> Parser:
     return parser
 
 
+def with_default_commands(words: Sequence[str]) -> list[str]:
+    """``words`` with the default command of a group put in where the word after the group is
+    none of its commands (``snapshot r1`` is ``snapshot take r1``). An option there (``--help``)
+    or nothing at all leaves the group to argparse; a realm named like one of the group's
+    commands is reached through the command's own word (``snapshot take list``)."""
+    flags = {name for arg in GLOBAL_OPTIONS if arg.flag for name in (arg.name, arg.short) if name}
+    valued = {arg.name for arg in GLOBAL_OPTIONS if not arg.flag}
+    paths = {entry.path: entry for entry in COMMANDS}
+    path: tuple[str, ...] = ()
+    result = list(words)
+    position = 0
+    while position < len(result):
+        word = result[position]
+        if word in flags or (word.partition("=")[0] in valued and "=" in word):
+            position += 1
+            continue
+        if word in valued:
+            position += 2
+            continue
+        group = paths.get(path)
+        entry = paths.get((*path, word))
+        if entry is None:
+            if isinstance(group, Group) and group.default_command and not word.startswith("-"):
+                result.insert(position, group.default_command)
+            return result
+        path = entry.path
+        if isinstance(entry, Command):
+            return result
+        position += 1
+    return result
+
+
 def command_path(words: Sequence[str]) -> tuple[str, ...] | None:
     """The words of the command that ``words`` run (``("appimg", "verify")``), or None where
     they name none for sure: a group alone, an unknown word, or an option that is not exactly
