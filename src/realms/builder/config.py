@@ -9,8 +9,10 @@ mirror.
 
 A build config is untrusted data: every value is checked at load, before any tool runs.
 
-The build's *inputs* are the checked config with the mirror resolved, plus the contents of every
-file and script it names; their digest (:func:`inputs_digest`) keys the build cache.
+The build's *inputs* are the checked config with the mirror resolved (a ``snapshot`` resolves
+to its dated mirrors), plus the contents of every file, script and key it names; their digest
+(:func:`inputs_digest`) and the archive state (:mod:`realms.builder.archive`) key the build
+cache.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from realms import settings
+from realms.builder.archive import binary_keys
 from realms.builder.context import Context, read_config
 from realms.builder.schema import (
     BUILTIN_MODULES,
@@ -147,8 +150,27 @@ def _load(data: dict[str, Any], where: str, context: Context) -> BuildConfig:
     before = _modules(module_lists["before"], context, f"{where} [modules] before")
     after = _modules(module_lists["after"], context, f"{where} [modules] after")
     file_specs = _files(files, context, where)
-    mirror = top["mirror"] or _host_mirror(apt.host_debian_mirror(), "mirror")
-    security = top["security-mirror"] or _host_mirror(apt.host_security_mirror(), "security-mirror")
+    snapshot = top["snapshot"] or None
+    if snapshot is not None:
+        if top["mirror"] or top["security-mirror"]:
+            raise InvalidInput(
+                f"{where}: snapshot: a snapshot build reads snapshot-mirror, not mirror or "
+                "security-mirror",
+                hint="remove mirror and security-mirror, or set snapshot-mirror",
+            )
+        base = top["snapshot-mirror"].rstrip("/")
+        mirror: str | None = f"{base}/archive/debian/{snapshot}/"
+        security: str | None = f"{base}/archive/debian-security/{snapshot}/"
+    else:
+        mirror = top["mirror"] or _host_mirror(apt.host_debian_mirror(), "mirror")
+        security = top["security-mirror"] or _host_mirror(
+            apt.host_security_mirror(), "security-mirror"
+        )
+    keyring = []
+    for entry in top["keyring"]:
+        key = context.read(entry, f"{where}: keyring:")
+        binary_keys(key, f"{where}: keyring: {entry}")
+        keyring.append((entry, key))
     return BuildConfig(
         origin=where,
         name=top["name"],
@@ -165,6 +187,8 @@ def _load(data: dict[str, Any], where: str, context: Context) -> BuildConfig:
         before=before,
         after=after,
         files=file_specs,
+        snapshot=snapshot,
+        keyring=keyring,
     )
 
 
@@ -180,7 +204,8 @@ def _digest(data: bytes) -> str:
 
 
 def inputs_digest(config: BuildConfig) -> str:
-    """A digest of everything the build depends on (except what the mirror serves today)."""
+    """A digest of everything the build depends on but what the mirror serves (the archive
+    state, :mod:`realms.builder.archive`, completes the build's key)."""
     inputs = {
         "builder": BUILDER_VERSION,
         "release": config.release,
@@ -198,5 +223,7 @@ def inputs_digest(config: BuildConfig) -> str:
             for stage in (config.before, config.after)
         ],
         "files": [[f.path, f.mode, f.owner, _digest(f.data)] for f in config.files],
+        "snapshot": config.snapshot,
+        "keyring": [_digest(data) for _, data in config.keyring],
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()

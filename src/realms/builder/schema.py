@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -139,6 +140,30 @@ IMAGE_PATH = value(
     str, "an absolute path without '..'", lambda v: plain_path(v) and v.isprintable()
 )
 MODE = value(str, 'an octal mode like "0644"', _matching(_MODE))
+_SNAPSHOT = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+
+
+def _snapshot_date(text: str) -> bool:
+    if text == "":
+        return True
+    if not _SNAPSHOT.fullmatch(text):
+        return False
+    try:
+        datetime.strptime(text, "%Y%m%dT%H%M%SZ")
+    except ValueError:
+        return False
+    return True
+
+
+SNAPSHOT = value(
+    str, 'a snapshot time like "20261201T000000Z" (UTC), or empty: none', _snapshot_date
+)
+SNAPSHOT_MIRROR = value(str, URI_EXPECTED, is_uri)
+KEY_FILES = strings("a list of key file paths relative to the config's directory", bool)
+DEFAULT_SNAPSHOT_MIRROR = "https://snapshot.debian.org"
+"""Where ``snapshot`` builds read from: SNAPSHOT-MIRROR/archive/debian/DATE/ (and
+debian-security), the layout of snapshot.debian.org."""
+
 OWNER = value(str, "user[:group] of the image, as names or numbers", _matching(_OWNER))
 
 KEYS: list[Setting[Any]] = [
@@ -167,6 +192,27 @@ KEYS: list[Setting[Any]] = [
     Setting("packages", PACKAGES, DEFAULT_PACKAGES, "packages installed with apt after bootstrap"),
     Setting("hostname", HOSTNAME, "", "written by set-hostname; empty: the appimg's name"),
     Setting("locale", LOCALE, "en_US.UTF-8", "generated and made the default by configure-locale"),
+    Setting(
+        "snapshot",
+        SNAPSHOT,
+        "",
+        "build against the Debian archive as it was at this time (UTC), read from "
+        "snapshot-mirror instead of mirror and security-mirror; empty: the mirrors of today",
+    ),
+    Setting(
+        "snapshot-mirror",
+        SNAPSHOT_MIRROR,
+        DEFAULT_SNAPSHOT_MIRROR,
+        "where snapshot builds read from: URI/archive/debian/SNAPSHOT/ and "
+        "URI/archive/debian-security/SNAPSHOT/ (the layout of snapshot.debian.org)",
+    ),
+    Setting(
+        "keyring",
+        KEY_FILES,
+        [],
+        "OpenPGP public key files (paths relative to this file) that sign the mirrors, instead "
+        "of Debian's archive keys; the image's apt trusts them too",
+    ),
 ]
 USER_KEYS: list[Setting[Any]] = [
     Setting("name", USER, "user", "the user's name"),

@@ -45,6 +45,12 @@ class BuildConfig:
     before: list[Module]
     after: list[Module]
     files: list[FileSpec] = field(default_factory=list)
+    snapshot: str | None = None
+    """The snapshot date (``20261201T000000Z``) that ``mirror`` and ``security_mirror`` point
+    at, or None."""
+    keyring: list[tuple[str, bytes]] = field(default_factory=list)
+    """The config's OpenPGP key files: (path relative to its directory, contents), checked
+    to be public keys at load; see :func:`realms.builder.archive.write_keyring`."""
 
     def uses(self, module: str) -> bool:
         return any(m.name == module and m.script is None for m in self.before + self.after)

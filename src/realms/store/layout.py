@@ -9,12 +9,17 @@ Layout of a store (default ``/var/lib/realms``)::
     appimg/NAME/            one appimg: appimg.toml (its record), one tree vN or image file
                             vN.img per version, kept-update (an update that was not committed)
     realms/NAME/            one realm: config, origin.toml, home/, rootfs/ (or upper/ work/
-                            lower/ on an image version)
+                            lower/ on an image version); snapshots/LABEL/ (origin.toml and a
+                            read-only rootfs/ or upper/, realms.rootfs); root-swap.toml while a
+                            rebase or restore swaps the root (realms.origin reads it)
     default.realm           symlink to the default realm's directory (as on Citadel)
     removed/                homes kept by `realms remove --keep-home`
     active/APPIMG.vN        where block and sealed versions are mounted (activations)
     build/                  trees of builds that run now (.new.NAME.RANDOM)
     cache/packages/RELEASE  downloaded .deb files; cache/builds/KEY finished builds
+    cache/stages/KEY        bootstrap stages of builds (realms.builder.stages), read-only
+    cache/archive/HASH      mirrors' last InRelease/Release files and their HTTP validators
+                            (HASH.json), for conditional GETs (realms.builder.archive)
     cache/blobs/sha256/HEX  registry blobs whose digest was checked (pull, push);
     cache/blobs/partial/    blob downloads under way, resumed by the next pull
     logs/                   build logs; realm-NAME.console: a booted realm's console
@@ -46,7 +51,8 @@ that holds one of them and waits for another always waits for one further down t
                   run lock is held; a removal takes it without waiting)
     appimg.NAME   an appimg's record and versions (shared: a realm being made from it)
     activate.NAME activating and releasing appimg NAME's image versions
-    cache         the finished builds in cache/builds
+    cache         the finished builds in cache/builds, the stages in cache/stages, the files
+                  in cache/archive
     keys          the keyring (trust.toml, signing keys)
     network       zones' subnets, realms' addresses, the bridges and nftables rules
                   (realms.network; nothing is taken while holding it)
@@ -88,6 +94,7 @@ RECORD_NAME = "appimg.toml"
 ORIGIN_NAME = "origin.toml"
 """A realm's origin in its directory (:mod:`realms.origin`)."""
 REALM_CONFIG_NAME = "config"
+ROOT_SWAP_NAME = "root-swap.toml"
 KEPT_NAME = "kept-update"
 
 APPIMG_WAIT = 30.0
@@ -150,6 +157,19 @@ class RealmFiles:
     def tmpfs(self) -> Path:
         """The mount point of the writable layer of an image realm with overlay = "tmpfs"."""
         return self.directory / "tmpfs"
+
+    @property
+    def snapshots(self) -> Path:
+        """The realm's snapshots, one directory per label (:mod:`realms.rootfs`)."""
+        return self.directory / "snapshots"
+
+    def snapshot(self, label: str) -> Path:
+        return self.snapshots / label
+
+    @property
+    def root_swap(self) -> Path:
+        """The record of a root being swapped (rebase, restore): :mod:`realms.origin`."""
+        return self.directory / ROOT_SWAP_NAME
 
 
 class Versioned(Protocol):
@@ -313,6 +333,16 @@ class Layout:
     @property
     def build_cache_dir(self) -> Path:
         return self.cache_dir / "builds"
+
+    @property
+    def stage_cache_dir(self) -> Path:
+        """Bootstrap stages of builds, read-only trees by key (realms.builder.stages)."""
+        return self.cache_dir / "stages"
+
+    @property
+    def archive_cache_dir(self) -> Path:
+        """Mirrors' Release files, kept for conditional GETs (realms.builder.archive)."""
+        return self.cache_dir / "archive"
 
     @property
     def blob_cache_dir(self) -> Path:
