@@ -16,9 +16,10 @@ PACKAGES=(btrfs-progs systemd-container mmdebstrap debootstrap busybox-static zs
 # The tests boot Debian's kernel in QEMU to check sealed images against the real dm-verity, build
 # a static setuid program for the attacks of a host user (gcc, libc6-dev), and watch processes;
 # the registry tests check that podman, skopeo, buildah and umoci read what realms pushes and
-# that realms reads what they make (the registry server itself is unpacked by the tests).
+# that realms reads what they make (the registry server itself is unpacked by the tests); the
+# build tests make a local signed Debian archive (apt-ftparchive from apt-utils, gnupg).
 [ "${EXTRAS:-}" = test ] && PACKAGES+=(qemu-system-x86 kmod gcc libc6-dev strace procps
-                                       skopeo umoci podman buildah runc)
+                                       skopeo umoci podman buildah runc apt-utils gnupg)
 REPO=$PWD
 STAMP=.venv/.installed
 realms() { "$REPO/.venv/bin/realms" "$@"; }

@@ -8,6 +8,8 @@
   mirror in the host's apt sources.
 - ``bootable_tree`` (session, slow): a trixie minbase directory with systemd as /sbin/init, dbus
   and iproute2, which ``systemd-nspawn --boot`` boots (booted realms, issue 13).
+- ``apt_repo`` (with ``apt_debs``, session): a local signed Debian archive served on 127.0.0.1
+  whose state the test changes (:mod:`tests.apt_repo`).
 
 Every mount and loop device made here is undone at teardown, also when a test fails, and only
 those: the checks look under the fixture's own directories.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.apt_repo import apt_debs, apt_repo  # noqa: F401 (fixtures: a local Debian archive)
 from tests.helpers import (
     Realms,
     loops_backed_below,
