@@ -20,6 +20,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from realms.builder import archive
 from realms.builder.spec import BuildConfig
 
 _FINISH = """\
@@ -38,20 +39,23 @@ EOF
 
 
 def _write_apt_sources(config: BuildConfig) -> str:
-    security = config.security_mirror
-    suites = [config.release]
-    stable = config.release not in ("sid", "unstable", "experimental")
-    if stable:
-        suites.append(f"{config.release}-updates")
-    stanzas = [(config.mirror, " ".join(suites))]
-    if stable and security:
-        stanzas.append((security, f"{config.release}-security"))
+    # The suites the archive state covers (realms.builder.archive), one stanza per mirror.
+    stanzas: dict[str, list[str]] = {}
+    for suite in archive.suites(config):
+        stanzas.setdefault(suite.uri, []).append(suite.suite)
+    # A config with a keyring trusts its keys as well (the bootstrapper puts them into
+    # /etc/apt/trusted.gpg.d, beside Debian's): no Signed-By, which would trust Debian's only.
+    # Snapshots are old by design: their Valid-Until has passed.
+    options = (
+        "" if config.keyring else "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+    if config.snapshot:
+        options += "Check-Valid-Until: no\n"
     text = ""
-    for uri, suite_list in stanzas:
+    for uri, suite_list in stanzas.items():
         text += (
-            f"Types: deb\nURIs: {uri}\nSuites: {suite_list}\n"
-            f"Components: {' '.join(config.components)}\n"
-            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+            f"Types: deb\nURIs: {uri}\nSuites: {' '.join(suite_list)}\n"
+            f"Components: {' '.join(config.components)}\n{options}\n"
         )
     return f"""\
 rm -f /etc/apt/sources.list

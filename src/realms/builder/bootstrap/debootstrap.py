@@ -8,6 +8,8 @@ installs recommended packages.
 from __future__ import annotations
 
 from realms import log
+from realms.builder import archive
+from realms.builder.bootstrap.mmdebstrap import KEYRING_NAME, TRUSTED
 from realms.builder.job import BuildJob
 from realms.errors import InvalidInput
 
@@ -32,6 +34,10 @@ class Debootstrap:
             f"--components={','.join(config.components)}",
             f"--cache-dir={job.package_cache}",
         ]
+        keyring = job.scratch / KEYRING_NAME
+        if config.keyring:
+            archive.write_keyring(config.keyring, keyring)
+            argv.append(f"--keyring={keyring}")
         if include:
             argv.append(f"--include={','.join(include)}")
         # No "--" here: debootstrap refuses it ("unrecognized or invalid option --"). It stops
@@ -40,3 +46,10 @@ class Debootstrap:
         # taken for an option; MIRROR is an http(s)/file URI.
         argv += [config.release, str(job.tree), config.mirror]
         job.run_on_host(argv)
+        if config.keyring:
+            # The image's apt trusts the config's keys too (beside Debian's); copied inside
+            # the image, where no symlink of the new tree can lead out of it.
+            keyring.chmod(0o644)
+            target = f"{TRUSTED}{KEYRING_NAME}"
+            script = f"install -D -m 0644 /run/realms-build/{KEYRING_NAME} {target}\n"
+            job.run_script("keyring", script)

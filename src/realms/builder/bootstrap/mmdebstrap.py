@@ -14,9 +14,12 @@ import re
 import shlex
 
 from realms import log
+from realms.builder import archive
 from realms.builder.job import BuildJob
 
 ARCHIVES = "/var/cache/apt/archives"
+TRUSTED = "/etc/apt/trusted.gpg.d/"
+KEYRING_NAME = "realms-build.gpg"
 
 
 _PROGRESS = re.compile(r"^\s*([a-z][a-z -]*):\s+([0-9]+(?:\.[0-9]+)?)")
@@ -46,6 +49,19 @@ class Mmdebstrap:
             f"--customize-hook=sync-out {ARCHIVES} {cache}",
             f'--aptopt=APT::Install-Recommends "{str(recommends).lower()}"',
         ]
+        if config.keyring:
+            # The config's keys as well as the host's (Dir::Etc::Trusted beside the host's
+            # trusted.gpg.d), and in the image's trusted.gpg.d for its own apt.
+            keyring = job.scratch / KEYRING_NAME
+            archive.write_keyring(config.keyring, keyring)
+            argv += [
+                f"--keyring={keyring}",
+                f'--setup-hook=mkdir -p "$1"{TRUSTED}',
+                f"--setup-hook=copy-in {shlex.quote(str(keyring))} {TRUSTED}",
+            ]
+        if config.snapshot:
+            # A snapshot's Release files are old by design: their Valid-Until has passed.
+            argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
         if include:
             argv.append(f"--include={','.join(include)}")
         # "--": mmdebstrap takes options anywhere on its command line; after it, SUITE, TARGET
