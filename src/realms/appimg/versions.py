@@ -69,6 +69,22 @@ class Pruned:
     """Old image versions kept because realms run on them."""
 
 
+def prunable(store: Store, name: str, record: AppimgRecord, keep: int) -> list[Version]:
+    """The versions :func:`prune` deletes (``realms gc`` lists the same): all but the ``keep``
+    newest, never the current one, a pinned one, or one realms run on."""
+    newest = sorted((v.version for v in record.versions), reverse=True)[:keep]
+    # Realms on an image version run on it: it stays while they exist.
+    in_use = activation.image_users(store, name)
+    return [
+        v
+        for v in record.versions
+        if v.version not in newest
+        and v.version != record.current
+        and not v.pinned
+        and v.version not in in_use
+    ]
+
+
 def prune(store: Store, name: str, keep: int | None = None) -> Pruned:
     """Delete all but the ``keep`` newest versions (default: keep-versions of the config),
     sparing the current version and pinned ones."""
@@ -83,16 +99,8 @@ def prune(store: Store, name: str, keep: int | None = None) -> Pruned:
         with changing(store, name, locked=True) as record:
             reconcile(store, name, record)
             newest = sorted((v.version for v in record.versions), reverse=True)[:keep]
-            # Realms on an image version run on it: it stays while they exist.
             in_use = activation.image_users(store, name)
-            doomed = [
-                v
-                for v in record.versions
-                if v.version not in newest
-                and v.version != record.current
-                and not v.pinned
-                and v.version not in in_use
-            ]
+            doomed = prunable(store, name, record, keep)
             record.versions = [v for v in record.versions if v not in doomed]
         with store.activation_lock(name):
             activation.release_unused(store, name)

@@ -1,5 +1,19 @@
 """The store's health: disk usage (``df``), garbage collection (``gc``) and its fsck
 (``check``, ``check --repair``).
 
-STUB (issue 15): the model is written here once the code exists.
+Disk usage and garbage collection (``df``, ``gc``):
+
+- :mod:`.measure` measures many paths in one go: btrfs qgroups where the filesystem has quotas
+  (never enabled by realms), else one ``btrfs filesystem du`` call, plain ``du`` on the copy
+  backend; each path gets the bytes it holds alone (exclusive) and the bytes it shares.
+- :mod:`.references` reads what the records refer to: versions, their build keys, the registry
+  blobs their cached manifests name, and which builds run now.
+- :mod:`.gc` plans what nothing refers to (leftovers whose owners' locks are free, versions
+  beyond keep-versions by prune's rule, finished builds no version records, .deb files no
+  finished build installed, unreferenced and stale blobs) and frees exactly that plan, checking
+  each item again under its lock; ``removed/`` (users' homes) is reported, never freed.
+- :mod:`.usage` measures every version, realm (root or upper layer, home, snapshots), cache and
+  leftover, and what gc would free, in one measurement.
+
+The check (``check``):
 """

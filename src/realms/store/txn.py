@@ -151,8 +151,9 @@ def _find(layout: Layout) -> list[Leftover]:
     - ``appimg/.new.NAME.*``, ``.del.NAME.*`` and ``.new.``, ``.del.``, ``.tmp.`` names inside
       ``appimg/NAME/``: appimg NAME's lock; ``appimg/NAME/.update.*`` (an update's or a seal's
       work): its update lock, then its appimg lock.
-    - ``build/.new.NAME.*``: the build lock of NAME; ``cache/builds/.new.*``, ``.del.*``: the
-      cache lock; ``keys/.tmp.*`` and ``keys/signing/.tmp.*``: the keyring lock.
+    - ``build/.new.NAME.*``: the build lock of NAME; ``cache/builds/.new.*``, ``.del.*``,
+      the same in ``cache/stages/``, ``cache/archive/.tmp.*``: the cache lock; ``keys/.tmp.*``
+      and ``keys/signing/.tmp.*``: the keyring lock.
     - in the store's top directory and ``removed/``: no lock covers them; they go once stale.
     """
     found: list[Leftover] = []
@@ -191,9 +192,10 @@ def _find(layout: Layout) -> list[Leftover]:
             elif inner.startswith(TEMPORARY_PREFIXES):
                 add(layout.appimg_dir(appimg) / inner, _appimg_lock(layout, appimg))
     objects(layout.build_dir, _build_lock)
-    for entry in _listdir(layout.build_cache_dir):
-        if entry.startswith(TEMPORARY_PREFIXES):
-            add(layout.build_cache_dir / entry, lambda: layout.cache_lock(wait=0))
+    for directory in (layout.build_cache_dir, layout.stage_cache_dir, layout.archive_cache_dir):
+        for entry in _listdir(directory):
+            if entry.startswith(TEMPORARY_PREFIXES):
+                add(directory / entry, lambda: layout.cache_lock(wait=0))
     for directory in (layout.keys_dir, layout.signing_dir):
         for entry in _listdir(directory):
             if entry.startswith(TEMPORARY_PREFIXES):
@@ -225,6 +227,12 @@ def leftovers(layout: Layout) -> list[Path]:
     """Temporary names in the store, of every kind (of running or killed commands; working
     copies of update sessions and build trees included): what :func:`sweep` looks at."""
     return [leftover.path for leftover in _find(layout)]
+
+
+def find_leftovers(layout: Layout) -> list[Leftover]:
+    """The leftovers with the locks that cover each (what the sweep takes), for the commands
+    that report what they skip (``realms gc``, ``realms check``)."""
+    return _find(layout)
 
 
 def sweep(layout: Layout, backend: Backend) -> int:
