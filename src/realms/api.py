@@ -273,11 +273,12 @@ def seal_appimg(
     channel: str | None = None,
     fs: str = "ext4",
     verity: bool = True,
+    salt: str | None = None,
 ) -> Version:
     """Make a sealed (or block) version from the appimg's current tree version."""
     from realms.appimg import images
 
-    return images.seal(store, name, channel=channel, fs=fs, verity=verity)
+    return images.seal(store, name, channel=channel, fs=fs, verity=verity, salt=salt)
 
 
 def verify_appimg(store: Store, name: str, version: int | None = None) -> Verification:

@@ -52,9 +52,12 @@ def seal(
     channel: str | None = None,
     fs: str = "ext4",
     verity: bool = True,
+    salt: str | None = None,
 ) -> Version:
     """Make a sealed (or, without ``verity``, a block) version of appimg ``name`` from its
-    current tree version, and make it current."""
+    current tree version, and make it current. ``salt``: the dm-verity salt in hex (default:
+    random); given, the image is the same for the same tree (see :func:`realmfs.seal_tree`)."""
+    fixed_salt = parse_salt(salt) if salt is not None else None
     if fs not in filesystem.FILESYSTEMS:
         raise InvalidInput(f"unknown filesystem {fs!r}", hint="choose ext4 or erofs")
     channel = keys.check_channel(channel or DEFAULT_CHANNEL)
@@ -89,6 +92,7 @@ def seal(
                 channel=channel if verity else None,
                 seed=seed,
                 verity=verity,
+                salt=fixed_salt,
             )
             # The store never commits what it would refuse to use: the new image is checked
             # against the trust as it is now (a rotation or a revocation may have happened
@@ -106,6 +110,17 @@ def seal(
         finally:
             if work.exists():
                 store.backend.remove(work)
+
+
+def parse_salt(text: str) -> bytes:
+    """A salt given in hex: exactly 64 hex digits (32 bytes, as Citadel's metainfo holds)."""
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        shown = text if len(text) <= 70 else text[:67] + "..."
+        raise InvalidInput(
+            f"the salt {shown!r} is not 64 hex digits ({len(text)} characters)",
+            hint="a salt is 32 bytes in hex, e.g. from 'openssl rand -hex 32'",
+        )
+    return bytes.fromhex(text)
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,7 @@ def seal(call: Call) -> int:
         channel=call.maybe_text("channel"),
         fs=call.text("fs"),
         verity=not call.flag("no_verity"),
+        salt=call.maybe_text("salt"),
     )
     log.note(
         f"Appimg {name} version {version.version} is {version.detail} "

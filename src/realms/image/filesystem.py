@@ -7,12 +7,22 @@
 
 Both are made into a file of their own; :mod:`realms.image.realmfs` places that file after the
 image header.
+
+Made with :class:`Fixed` (a seal with a given salt), the same tree gives the same bytes: the
+random parts (filesystem UUID, ext4's directory hash seed) come from it, and so do the times
+the tools write (ext4's superblock times through ``E2FSPROGS_FAKE_TIME`` and ``E2FSCK_TIME``,
+erofs's build time through ``SOURCE_DATE_EPOCH``). Both tools already lay a directory out in
+name order, whatever order the tree's directories list their entries in. erofs-utils 1.5's
+``-T`` sets every file's mtime, so it is not used: ``SOURCE_DATE_EPOCH`` only clamps mtimes
+from its second on, and a second after :func:`newest_mtime` clamps none.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from realms.errors import CommandFailed, RealmsError
@@ -22,6 +32,35 @@ from realms.system.run import run
 FILESYSTEMS = ("ext4", "erofs")
 _EXT4_MAGIC_OFFSET = 1024 + 56
 _EROFS_MAGIC_OFFSET = 1024
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """What makes a filesystem image the same for the same tree (see the module docstring)."""
+
+    uuid: str
+    hash_seed: str
+    time: int
+    """Seconds since the epoch: the newest mtime in the tree (:func:`newest_mtime`)."""
+
+    def ext4_env(self) -> Mapping[str, str]:
+        return {**os.environ, "E2FSPROGS_FAKE_TIME": str(self.time), "E2FSCK_TIME": str(self.time)}
+
+
+def newest_mtime(tree: Path) -> int:
+    """The newest mtime (whole seconds) of anything in ``tree``, symlinks not followed."""
+    newest = int(os.lstat(tree).st_mtime)
+    pending = [str(tree)]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                try:
+                    newest = max(newest, int(entry.stat(follow_symlinks=False).st_mtime))
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                except OSError:
+                    continue
+    return newest
 
 
 def _tree_size(tree: Path) -> tuple[int, int]:
@@ -40,9 +79,11 @@ def _tree_size(tree: Path) -> tuple[int, int]:
     return blocks * BLOCK_SIZE, entries
 
 
-def make_ext4(tree: Path, target: Path, label: str) -> int:
+def make_ext4(tree: Path, target: Path, label: str, fixed: Fixed | None = None) -> int:
     """Make the smallest ext4 filesystem holding ``tree`` in the file ``target``; return its
     number of 4096-byte blocks."""
+    env = fixed.ext4_env() if fixed else None
+    same = ["-U", fixed.uuid, "-E", f"hash_seed={fixed.hash_seed}"] if fixed else []
     data, entries = _tree_size(tree)
     inodes = entries + entries // 10 + 256
     size = int(data * 1.1) + inodes * 256 + (16 << 20)
@@ -66,10 +107,12 @@ def make_ext4(tree: Path, target: Path, label: str) -> int:
                     str(inodes),
                     "-L",
                     label[:16],
+                    *same,
                     "-d",
                     tree,
                     target,
-                ]
+                ],
+                env=env,
             )
             break
         except CommandFailed as error:
@@ -79,10 +122,10 @@ def make_ext4(tree: Path, target: Path, label: str) -> int:
     else:
         raise RealmsError(f"could not make an ext4 filesystem large enough for {tree}")
     # resize2fs wants a freshly checked filesystem; -M shrinks it to the minimum.
-    checked = run(["e2fsck", "-f", "-y", target], check=False)
+    checked = run(["e2fsck", "-f", "-y", target], check=False, env=env)
     if checked.returncode not in (0, 1):  # 1: e2fsck corrected something, as it may
         raise CommandFailed(["e2fsck", "-f", "-y", str(target)], checked.returncode, checked.stderr)
-    run(["resize2fs", "-M", target])
+    run(["resize2fs", "-M", target], env=env)
     dump = str(run(["dumpe2fs", "-h", target]).stdout)
     match = re.search(r"^Block count:\s+(\d+)", dump, re.MULTILINE)
     if not match:
@@ -92,22 +135,29 @@ def make_ext4(tree: Path, target: Path, label: str) -> int:
     return blocks
 
 
-def make_erofs(tree: Path, target: Path, label: str) -> int:
+def make_erofs(tree: Path, target: Path, label: str, fixed: Fixed | None = None) -> int:
     """Make an lz4hc-compressed erofs filesystem of ``tree`` in ``target``; return its number of
     4096-byte blocks."""
     target.unlink(missing_ok=True)
-    run(["mkfs.erofs", "--quiet", "-zlz4hc", target, tree])
+    # A SOURCE_DATE_EPOCH of the caller's would clamp the tree's mtimes: never passed on.
+    env = {key: value for key, value in os.environ.items() if key != "SOURCE_DATE_EPOCH"}
+    same = ["-U", fixed.uuid] if fixed else []
+    if fixed:
+        # erofs sets every mtime not older than it to it (dropping the nanoseconds of one in
+        # the same second): a second after the newest changes none.
+        env["SOURCE_DATE_EPOCH"] = str(fixed.time + 1)
+    run(["mkfs.erofs", "--quiet", "-zlz4hc", *same, target, tree], env=env)
     size = target.stat().st_size
     blocks = -(-size // BLOCK_SIZE)
     os.truncate(target, blocks * BLOCK_SIZE)
     return blocks
 
 
-def make(kind: str, tree: Path, target: Path, label: str) -> int:
+def make(kind: str, tree: Path, target: Path, label: str, fixed: Fixed | None = None) -> int:
     if kind == "ext4":
-        return make_ext4(tree, target, label)
+        return make_ext4(tree, target, label, fixed)
     if kind == "erofs":
-        return make_erofs(tree, target, label)
+        return make_erofs(tree, target, label, fixed)
     raise RealmsError(f"unknown filesystem {kind!r} (ext4 or erofs)")
 
 

@@ -86,21 +86,37 @@ def seal_tree(
     channel: str | None,
     seed: bytes | None,
     verity: bool,
+    salt: bytes | None = None,
 ) -> SealedImage:
     """Make the image file ``target`` from ``tree``: the filesystem, then the hash tree (if
-    ``verity``), then the header, signed with ``seed`` if given."""
+    ``verity``), then the header, signed with ``seed`` if given.
+
+    With ``salt`` (32 bytes; default: random) the image is the same for the same tree, name,
+    version and key: the filesystem's and the hash tree's UUIDs are derived from the salt, and
+    its times (the metainfo's timestamp, the filesystem's) are the newest mtime in the tree.
+    """
+    fixed = verity_uuid = None
+    timestamp = now()
+    if salt is not None:
+        fixed = filesystem.Fixed(
+            uuid=_derived_uuid(salt, b"filesystem"),
+            hash_seed=_derived_uuid(salt, b"ext4 hash seed"),
+            time=filesystem.newest_mtime(tree),
+        )
+        verity_uuid = bytes.fromhex(_derived_uuid(salt, b"dm-verity").replace("-", ""))
+        timestamp = _iso(fixed.time)
     data_file = scratch / "filesystem.img"
     with log.step(f"Making the {fs} filesystem"):
-        nblocks = filesystem.make(fs, tree, data_file, name)
+        nblocks = filesystem.make(fs, tree, data_file, name, fixed)
     fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         os.ftruncate(fd, HEADER_SIZE)
         _copy_into(data_file, fd, HEADER_SIZE)
         data_file.unlink()
         hash_offset = HEADER_SIZE + data_size(nblocks)
-        salt = root = shasum = None
+        root = shasum = None
         if verity:
-            salt = os.urandom(32)  # secrets.token_bytes, without importing secrets
+            salt = salt or os.urandom(32)  # secrets.token_bytes, without importing secrets
             with log.step(f"Computing the dm-verity hash tree of {nblocks} blocks"):
                 root = format_hash_tree(
                     target,
@@ -108,6 +124,7 @@ def seal_tree(
                     data_blocks=nblocks,
                     hash_offset=hash_offset,
                     salt=salt,
+                    uuid=verity_uuid,
                 )
         else:
             with log.step("Computing the checksum of the data"):
@@ -118,9 +135,9 @@ def seal_tree(
             nblocks=nblocks,
             channel=channel,
             version=version,
-            timestamp=now(),
+            timestamp=timestamp,
             shasum=shasum,
-            verity_salt=salt,
+            verity_salt=salt if verity else None,
             verity_root=root,
         )
         signature = keys.sign(seed, metainfo) if seed is not None else None
@@ -132,6 +149,22 @@ def seal_tree(
         os.close(fd)
     fsync_dir(target.parent)
     return SealedImage(parse_header(header), nblocks, fs, size)
+
+
+def _iso(seconds: int) -> str:
+    """``seconds`` since the epoch as :func:`realms.units.now` writes a time."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _derived_uuid(salt: bytes, purpose: bytes) -> str:
+    """A UUID (version 4 form) that only ``salt`` and ``purpose`` decide."""
+    raw = bytearray(hashlib.sha256(b"realms " + purpose + b"\0" + salt).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _sha256(fd: int, offset: int, length: int) -> str:
