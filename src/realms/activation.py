@@ -102,12 +102,18 @@ def users(store: Store, appimg: str, version: int) -> list[str]:
 
 
 def image_users(store: Store, appimg: str) -> dict[int, list[str]]:
-    """The realms that run on each block or sealed version of ``appimg``, by version."""
-    return {
+    """The realms that run on each block or sealed version of ``appimg``, by version, and the
+    realm snapshots whose layer needs one (``NAME (snapshot LABEL)``): the versions that must
+    stay (prune, remove). Snapshots do not keep a version activated."""
+    found = {
         version: names
         for (name, version), names in _users_by_version(store).items()
         if name == appimg
     }
+    for (realm, label), made in origin.snapshot_origins(store.realms_dir).items():
+        if made.kind in IMAGE_KINDS and made.appimg == appimg:
+            found.setdefault(made.appimg_version, []).append(f"{realm} (snapshot {label})")
+    return found
 
 
 def _mounted(path: Path) -> mounts.Mount | None:

@@ -70,3 +70,18 @@ def check_lock_name(kind: str, name: str) -> str:
     if _OLD_PATTERN.fullmatch(name):
         return name
     raise InvalidName(f"invalid {kind} name {name!r}", hint=_HINT)
+
+
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_snapshot_label(label: str) -> str:
+    """A realm snapshot's label: a path component of its own (letters, digits, '-', '_', '.',
+    starting with a letter or digit, at most 64 characters)."""
+    if not _LABEL.fullmatch(label):
+        raise InvalidName(
+            f"invalid snapshot label {label!r}",
+            hint="a label starts with a letter or digit and has only letters, digits, '-', '_' "
+            "and '.' (at most 64 characters)",
+        )
+    return label

@@ -20,6 +20,7 @@ TEMPORARY_PREFIX = ".tmp."
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 _renameat2 = libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int
@@ -60,6 +61,15 @@ def rename_noreplace(source: Path, target: Path) -> None:
         _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
     )
     checked(result, "renameat2", str(target))
+
+
+def rename_exchange(first: Path, second: Path) -> None:
+    """Swap two names atomically (renameat2 RENAME_EXCHANGE): each is at every moment one of
+    the two things, never missing."""
+    result = _renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    checked(result, "renameat2", str(second))
 
 
 def temporary_name(path: Path) -> Path:
