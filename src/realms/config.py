@@ -153,7 +153,10 @@ REALM_SETTINGS: list[Setting[Any]] = [
         "keep-snapshots",
         whole_number(minimum=0),
         5,
-        "how many snapshots of its root filesystem the realm keeps (the oldest go first)",
+        "how many snapshots taken with `realms snapshot` the realm keeps (the oldest go "
+        "first, never the one just taken; 0: none are taken); the roots that `realms rebase` "
+        "and `realms restore` replace are kept as 'pre-rebase' and 'pre-restore', one each, "
+        "not counted",
     ),
 ]
 
