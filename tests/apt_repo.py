@@ -197,12 +197,22 @@ class AptRepo:
             str(dists / "Release.gpg"),
             str(dists / "Release"),
         )
-        # HTTP dates have whole seconds: a file changed within the second of its last fetch
-        # would still look unmodified to If-Modified-Since. Move its time on (a real mirror
-        # changes its files minutes apart).
-        stamp = max(time.time(), before + 2)
         for name in ("Release", "InRelease", "Release.gpg"):
-            os.utime(dists / name, (stamp, stamp))
+            self.moved(dists / name, before)
+
+    @staticmethod
+    def moved(path: Path, before: float) -> None:
+        """Give ``path`` a time at least a second after ``before``: HTTP dates have whole
+        seconds, and a file changed within the second of its last fetch would still look
+        unmodified to If-Modified-Since (a real mirror changes its files minutes apart)."""
+        stamp = max(time.time(), before + 1.5)
+        os.utime(path, (stamp, stamp))
+
+    def write(self, path: Path, data: bytes) -> None:
+        """Replace a file of the archive with ``data`` (a hostile mirror), as a new file."""
+        before = path.stat().st_mtime if path.exists() else 0.0
+        path.write_bytes(data)
+        self.moved(path, before)
 
     def snapshot(self, date: str) -> str:
         """Copy today's state to a snapshot tree (``snapshot/archive/debian/DATE/`` and

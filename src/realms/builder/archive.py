@@ -329,8 +329,9 @@ def binary_keys(data: bytes, where: str) -> bytes:
         for block in blocks:
             # Armor headers end at the first empty line; the line starting with '=' is the
             # CRC, not data.
-            _, _, body = block.replace("\r", "").partition("\n\n")
-            lines = [line for line in body.split("\n") if line and not line.startswith("=")]
+            lines = block.replace("\r", "").split("\n")
+            lines = lines[lines.index("") + 1 :] if "" in lines else []
+            lines = [line for line in lines if line and not line.startswith("=")]
             try:
                 binary += base64.b64decode("".join(lines), validate=True)
             except ValueError:
@@ -531,3 +532,20 @@ def fetch(store: Store, config: BuildConfig) -> ArchiveState:
         with ThreadPoolExecutor(max_workers=len(wanted)) as pool:
             futures = [pool.submit(_suite_state, cache, suite, keyring) for suite in wanted]
             return ArchiveState(tuple(future.result() for future in futures))
+
+
+def newest_cached(
+    records: Sequence[tuple[str, dict[str, Any]]], inputs: str
+) -> tuple[str, ArchiveState] | None:
+    """Of cached builds' ``(key, record)`` (records with ``config``: the inputs digest, and
+    ``archive``: :meth:`ArchiveState.to_json`), the key and archive state of the one built
+    from ``inputs`` against the newest mirror state (``--offline``)."""
+    found = []
+    for key, record in records:
+        state = ArchiveState.from_json(record.get("archive"))
+        if record.get("config") == inputs and state is not None:
+            found.append((state.date, key, state))
+    if not found:
+        return None
+    _, key, state = max(found, key=lambda entry: entry[0])
+    return key, state

@@ -106,10 +106,13 @@ def change(version: Version) -> str:
 
 
 def made_from(version: Version) -> str:
-    """FROM: what the version was made from; a pulled one adds its manifest's short digest."""
+    """FROM: what the version was made from; a pulled one adds its manifest's short digest,
+    a built one the date of its mirror state."""
     source = version.source or {}
     if "digest" in source:
         return f"{source.get('ref', version.detail)} ({source['digest'][:19]})"
+    if "release_digest" in source and "date" in source:
+        return f"{version.detail} (mirror of {source['date'][:10]})"
     return version.detail
 
 
