@@ -29,13 +29,19 @@ def _print_usage(result: DiskUsage) -> None:
     from realms.health.usage import method_line
 
     rows = [
-        [u.object, u.kind, format_size(u.exclusive), format_size(u.shared)] for u in result.objects
+        [
+            u.object + (f" ({u.note})" if u.note else ""),
+            u.kind,
+            format_size(u.exclusive),
+            format_size(u.shared),
+        ]
+        for u in result.objects
     ]
     for name, part in result.caches.items():
         rows.append(
             [
                 f"cache/{name}",
-                f"cache ({part.entries} entries)",
+                f"cache ({_entries(part.entries)})",
                 format_size(part.exclusive),
                 format_size(part.shared),
             ]
@@ -44,7 +50,7 @@ def _print_usage(result: DiskUsage) -> None:
     rows.append(
         [
             "leftovers",
-            f"temporary ({temporary.entries})",
+            f"temporary ({_entries(temporary.entries)})",
             format_size(temporary.exclusive),
             format_size(temporary.shared),
         ]
@@ -52,7 +58,7 @@ def _print_usage(result: DiskUsage) -> None:
     rows.append(
         [
             "removed/",
-            f"kept homes ({removed.entries})",
+            f"kept homes ({_entries(removed.entries)})",
             format_size(removed.exclusive),
             format_size(removed.shared),
         ]
@@ -81,6 +87,10 @@ def _print_usage(result: DiskUsage) -> None:
         )
 
 
+def _entries(count: int) -> str:
+    return f"{count} {'entry' if count == 1 else 'entries'}"
+
+
 def gc(call: Call) -> int:
     result = api.collect_garbage(call.store, dry_run=call.flag("dry_run"))
     if call.json:
@@ -96,7 +106,7 @@ def _print_gc(result: GcResult) -> None:
         rows = [[entry.what, entry.path, format_size(entry.bytes)] for entry in result.freed]
         output.table(["WHAT", "PATH", "BYTES"], rows)
     counts = Counter(entry.what for entry in result.freed)
-    summary = ", ".join(f"{count} {what}" for what, count in sorted(counts.items()))
+    summary = ", ".join(f"{what}: {count}" for what, count in sorted(counts.items()))
     log.note(
         f"gc {verb} {format_size(result.total)}"
         + (f" ({summary})" if summary else ": nothing to free")

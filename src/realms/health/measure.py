@@ -14,8 +14,10 @@ Three methods, chosen per store:
 - ``du``: on the copy backend (trees are plain copies), ``du -s -x -B1`` in one call; nothing is
   known to be shared.
 
-A path that disappears while it is measured (a command removed it) counts as empty. Files of
-the caches (blobs, .deb files) are measured with ``lstat`` (allocated blocks), never a tool.
+The filesystem is synced first: data still in memory has no extents for FIEMAP, and qgroups
+count at a transaction's commit. A path that disappears while it is measured (a command removed
+it) counts as empty. Files of the caches (blobs, .deb files) are measured with ``lstat``
+(allocated blocks), never a tool.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from realms import log
 from realms.errors import RealmsError
 from realms.store import Store
 from realms.system import btrfs
+from realms.system.fs import syncfs
 from realms.system.run import run
 
 QGROUPS = "qgroups"
@@ -119,6 +122,8 @@ def measure(store: Store, paths: Iterable[Path]) -> tuple[str, dict[Path, Measur
     """Measure every path (trees, subvolumes, directories, files) in one go; return the method
     and the bytes of each (a missing path: nothing)."""
     wanted = list(dict.fromkeys(p for p in paths if os.path.lexists(p)))
+    # Data still in memory has no extents yet (and qgroups count at a commit): write it first.
+    syncfs(store.root)
     qgroups = qgroups_enabled(store)
     method = method_of(store, qgroups)
     found: dict[Path, Measured] = {}

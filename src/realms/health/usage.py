@@ -43,6 +43,8 @@ class Usage:
     exclusive: int
     shared: int
     path: str = ""
+    note: str = ""
+    """``current``, ``pinned`` (versions)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class Usage:
             "exclusive": self.exclusive,
             "shared": self.shared,
             "path": self.path,
+            "note": self.note,
         }
 
 
@@ -109,6 +112,7 @@ class _Wanted:
     kind: str
     paths: list[Path]
     path: Path
+    note: str = ""
 
 
 def disk_usage(store: Store) -> DiskUsage:
@@ -131,7 +135,8 @@ def disk_usage(store: Store) -> DiskUsage:
     objects = []
     for row in rows:
         found = total(row.paths)
-        objects.append(Usage(row.name, row.kind, found.exclusive, found.shared, str(row.path)))
+        usage = Usage(row.name, row.kind, found.exclusive, found.shared, str(row.path), row.note)
+        objects.append(usage)
     caches_found = {}
     for name, count in caches.items():
         found = total(cache_paths[name])
@@ -191,8 +196,9 @@ def _versions(store: Store, refs: references.References) -> list[_Wanted]:
             path = store.version_path(name, version)
             marks = [m for m, on in (("current", version.version == record.current),) if on]
             marks += ["pinned"] if version.pinned else []
-            label = f"{name} v{version.version}" + (f" ({', '.join(marks)})" if marks else "")
-            rows.append(_Wanted(label, "version", [path], path))
+            rows.append(
+                _Wanted(f"{name} v{version.version}", "version", [path], path, ", ".join(marks))
+            )
         kept = store.kept_path(name)
         if os.path.lexists(kept):
             rows.append(_Wanted(f"{name} kept update", "kept-update", [kept], kept))
