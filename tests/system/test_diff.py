@@ -114,6 +114,21 @@ def test_diff_of_an_update_reads_only_what_changed(realms: Realms, base: str) ->
     human = realms("appimg", "diff", "base", "2", "2").stdout
     assert human.startswith("no differences")
 
+    # One block rewritten in place in a file whose other blocks stay shared.
+    realms("update-appimg", "base", "--", "dd", "if=/dev/zero", "of=/big", "bs=64k", "count=16")
+    realms(
+        "update-appimg",
+        "base",
+        "--",
+        "sh",
+        "-c",
+        "printf x | dd of=/big bs=1 seek=500000 conv=notrunc && touch -r /etc/group /big",
+    )
+    assert _changed(realms.json("appimg", "diff", "base", "3", "4")).get("/big") == [
+        "content",
+        "mtime",
+    ]
+
 
 def test_diff_of_tree_and_images(realms: Realms, base: str) -> None:
     realms("key", "generate", "test")
