@@ -176,7 +176,8 @@ def swap(
 
 def finish(store: Store, name: str) -> None:
     """Complete a swap that reached its exchange, drop one that did not, and remove what killed
-    commands left under ``snapshots/``. The caller holds the realm's lock and run lock."""
+    commands left under ``snapshots/``. The caller holds the realm's lock (a swap holds it
+    throughout); it may run meanwhile, on the root in place, which this does not change."""
     files = store.realm(name)
     if os.path.lexists(files.root_swap):
         data = config.read_toml(files.root_swap)

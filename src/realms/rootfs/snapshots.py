@@ -165,11 +165,13 @@ def _trim(store: Store, name: str, keep: int, spare: str) -> None:
 
 
 def list_snapshots(store: Store, name: str) -> list[Snapshot]:
-    """Realm ``name``'s snapshots, oldest first."""
+    """Realm ``name``'s snapshots, oldest first (a swap a killed command left is finished
+    first: the realm's lock is taken, not shared)."""
     check_existing_realm_name(name)
-    with store.realm_lock(name, shared=True):
+    with store.realm_lock(name):
         if not store.realm(name).origin.exists():
             raise NotFound(f"no realm named {name!r}", hint="'realms list' shows the realms")
+        roots.finish(store, name)
         return _all(store, name)
 
 
@@ -181,6 +183,7 @@ def remove_snapshot(store: Store, name: str, label: str) -> Snapshot:
     with store.realm_lock(name):
         if not store.realm(name).origin.exists():
             raise NotFound(f"no realm named {name!r}", hint="'realms list' shows the realms")
+        roots.finish(store, name)
         found = _require(store, name, label)
         roots.discard_snapshot(store, name, label)
         return found
