@@ -22,5 +22,6 @@ BENCHMARKS = (
     "userns",
     "registry",
     "booted",
+    "health",
 )
 """The benchmarks, in the order bench/README.md describes them."""
