@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from realms import log
+from realms import log, origin
 from realms.errors import RealmsError
 from realms.health.check_appimgs import check_appimgs
 from realms.health.check_files import check_files
@@ -75,7 +75,13 @@ def _collect(store: Store) -> tuple[list[Finding], dict[str, int]]:
     for name, made in sorted(origins.items()):
         if made.kind in IMAGE_KINDS:
             users.setdefault((made.appimg, made.appimg_version), []).append(name)
-    appimg_findings = check_appimgs(store, users)
+    # A version must stay while realms run on it, or their snapshots' layers need it.
+    needs = {key: list(names) for key, names in users.items()}
+    for (realm, label), made in sorted(origin.snapshot_origins(store.realms_dir).items()):
+        if made.kind in IMAGE_KINDS:
+            key = (made.appimg, made.appimg_version)
+            needs.setdefault(key, []).append(f"{realm} (snapshot {label})")
+    appimg_findings = check_appimgs(store, needs)
     findings = [
         *appimg_findings,
         *realm_findings,

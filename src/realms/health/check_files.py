@@ -263,7 +263,7 @@ def _valid(name: str) -> bool:
 def _leftovers(store: Store) -> list[Finding]:
     found = []
     now = time.time()
-    for leftover in txn._find(store):  # the sweep's own list, with the locks
+    for leftover in txn.find_leftovers(store):
         if not leftover.locks:
             try:
                 young = now - os.lstat(leftover.path).st_mtime <= txn.STALE_AFTER

@@ -30,6 +30,7 @@ from realms.health.findings import Finding, finding, move_aside
 from realms.kinds import IMAGE_KINDS
 from realms.names import check_existing_realm_name
 from realms.store import Store, write_toml
+from realms.store.layout import TEMPORARY_PREFIXES
 from realms.system import btrfs
 from realms.system.fs import atomic_write, rename_noreplace
 
@@ -137,10 +138,78 @@ def _check_realm(
                 found.append(_layer(store, name, layer, made))
     else:
         found += _check_root(store, name, made, record)
+    found += _check_snapshots(store, name)
     if not _is_directory(files.home):
         found.append(_home(store, name))
     found += _check_config(store, name)
     return found, made
+
+
+def _finish(store: Store, name: str) -> str:
+    from realms.rootfs.roots import finish
+
+    with store.realm_lock(name), store.run_lock(name):
+        finish(store, name)
+    return "finished (as the realm's next rebase, restore or snapshot would)"
+
+
+def _check_snapshots(store: Store, name: str) -> list[Finding]:
+    """An interrupted swap of the realm's root (rebase, restore), what killed snapshot commands
+    left, and snapshots whose origin or root is damaged."""
+    files = store.realm(name)
+    what = f"realm {name}"
+    found = []
+    if os.path.lexists(files.root_swap):
+        found.append(
+            finding(
+                "root-swap",
+                what,
+                files.root_swap,
+                "a rebase or restore was interrupted",
+                "finish it (as the realm's next rebase, restore or snapshot would)",
+                lambda: _finish(store, name),
+            )
+        )
+    try:
+        entries = sorted(os.listdir(files.snapshots))
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        path = files.snapshots / entry
+        if entry.startswith(TEMPORARY_PREFIXES):
+            found.append(
+                finding(
+                    "leftover",
+                    what,
+                    path,
+                    "left by a killed command",
+                    "delete it (as the realm's next rebase, restore or snapshot would)",
+                    lambda: _finish(store, name),
+                )
+            )
+            continue
+        if entry.startswith("."):
+            continue
+        try:
+            made = origin.load(path)
+            layer = path / ("upper" if made.kind in IMAGE_KINDS else "rootfs")
+            if not _is_directory(layer):
+                raise RealmsError(f"its {layer.name}/ is missing")
+        except RealmsError as error:
+            reason = str(error).removeprefix(f"{path / 'origin.toml'}: ")
+            found.append(
+                finding(
+                    "snapshot-damaged",
+                    what,
+                    path,
+                    f"snapshot {entry}: {reason}",
+                    "move it to removed/",
+                    lambda path=path, entry=entry: move_aside(  # type: ignore[misc]
+                        store, path, f"{name}-snapshot-{entry}"
+                    ),
+                )
+            )
+    return found
 
 
 def _is_directory(path: Path) -> bool:
