@@ -1,5 +1,6 @@
-"""The archive state's parsers (realms.builder.archive): Release and InRelease files as mirrors
-send them, good and hostile; OpenPGP key files; the state's digest, age and offline choice."""
+"""The archive state and its parsers (realms.builder.archive and .release): Release and
+InRelease files as mirrors send them, good and hostile; OpenPGP key files; the state's digest,
+age and offline choice."""
 
 from __future__ import annotations
 
@@ -8,16 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from realms.builder.archive import (
-    MAX_RELEASE,
-    ArchiveState,
-    SuiteState,
-    age,
-    binary_keys,
-    build_key,
-    newest_cached,
-    parse_release,
-)
+from realms.builder.archive import ArchiveState, SuiteState, age, build_key, newest_cached
+from realms.builder.release import MAX_RELEASE, binary_keys, parse_release
 from realms.errors import InvalidInput
 
 RELEASE = b"""\

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from realms import settings
-from realms.builder.archive import binary_keys
 from realms.builder.context import Context, read_config
+from realms.builder.release import binary_keys
 from realms.builder.schema import (
     BUILTIN_MODULES,
     FILE_KEYS,

@@ -8,7 +8,7 @@ installs recommended packages.
 from __future__ import annotations
 
 from realms import log
-from realms.builder import archive
+from realms.builder import release
 from realms.builder.bootstrap.mmdebstrap import KEYRING_NAME, TRUSTED
 from realms.builder.job import BuildJob
 from realms.errors import InvalidInput
@@ -36,7 +36,7 @@ class Debootstrap:
         ]
         keyring = job.scratch / KEYRING_NAME
         if config.keyring:
-            archive.write_keyring(config.keyring, keyring)
+            release.write_keyring(config.keyring, keyring)
             argv.append(f"--keyring={keyring}")
         if include:
             argv.append(f"--include={','.join(include)}")

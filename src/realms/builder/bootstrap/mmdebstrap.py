@@ -14,7 +14,7 @@ import re
 import shlex
 
 from realms import log
-from realms.builder import archive
+from realms.builder import release
 from realms.builder.job import BuildJob
 
 ARCHIVES = "/var/cache/apt/archives"
@@ -53,7 +53,7 @@ class Mmdebstrap:
             # The config's keys as well as the host's (Dir::Etc::Trusted beside the host's
             # trusted.gpg.d), and in the image's trusted.gpg.d for its own apt.
             keyring = job.scratch / KEYRING_NAME
-            archive.write_keyring(config.keyring, keyring)
+            release.write_keyring(config.keyring, keyring)
             argv += [
                 f"--keyring={keyring}",
                 f'--setup-hook=mkdir -p "$1"{TRUSTED}',
