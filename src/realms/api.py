@@ -13,6 +13,7 @@ a message and a hint) for anything a user can cause; results are dataclasses wit
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from realms.appimg.update import UpdateResult
     from realms.appimg.versions import Pruned
     from realms.builder.build import BuildResult
+    from realms.builder.stages import Decision
     from realms.health.check import CheckReport, check_store
     from realms.health.gc import GcResult, collect_garbage
     from realms.health.usage import DiskUsage, disk_usage
@@ -249,10 +251,16 @@ def build_appimg(
     output: Path | None = None,
     rebuild: bool = False,
 ) -> BuildResult:
-    """Build an appimg from a build config (None: the default appimg base)."""
+    """Build an appimg from a build config (None: the default appimg base); ``explain`` is told
+    which stages are reused and why the others are not, before the work starts; ``offline``
+    asks no mirror and uses the cached build of the config with the newest mirror state."""
     from realms.builder.build import build
+    explain: Callable[[list[Decision]], None] | None = None,
+    offline: bool = False,
 
-    return build(store, config, name=name, output=output, rebuild=rebuild)
+    return build(
+        store, config, name=name, output=output, rebuild=rebuild, explain=explain, offline=offline
+    )
 
 
 def write_build_template(path: Path) -> None:

@@ -1,15 +1,22 @@
-"""``realms appimg build``: the stages in order, the cache, and the commit.
+"""``realms appimg build``: the stages in order, the caches, and the commit.
 
-1. The config is read and checked, and the digest of the build's inputs computed.
-2. If the appimg's current version was built from the same inputs, there is nothing to do; if a
-   cached result has them, it becomes the new version (a snapshot: seconds, not minutes).
-   ``rebuild`` skips both (the mirror's content is not an input: rebuild to pick up new
-   package versions).
-3. Otherwise the image is built in ``STORE/build/.new.NAME.RANDOM``: bootstrap, the modules
-   before the packages, apt update/upgrade/install, the files, the modules after, and a final
-   cleanup. Only the bootstrapper runs on the host; everything else runs inside the image.
+1. The config is read and checked, the archive state of its mirrors fetched
+   (:mod:`realms.builder.archive`), and the build key computed: the config's inputs and the
+   archive state (and a ``SOURCE_DATE_EPOCH`` the user set).
+2. If the appimg's current version was built with the same key, there is nothing to do; if a
+   finished build of that key is cached, it becomes the new version (a snapshot: seconds, not
+   minutes). ``rebuild`` skips both, and the stage cache.
+3. Otherwise the image is built in ``STORE/build/.new.NAME.RANDOM``, in two stages
+   (:mod:`realms.builder.stages`): the bootstrap (the bootstrapper, the modules before the
+   packages, apt update and upgrade), taken from the stage cache as a snapshot when its inputs
+   are unchanged and kept there otherwise; then the packages (one apt install), the files, the
+   modules after, and the cleanup that makes the tree reproducible
+   (:mod:`realms.builder.reproducible`). Only the bootstrapper runs on the host; everything
+   else runs inside the image.
 4. The result is kept in the cache, then committed as the appimg's new current version (or
    written as a tarball with ``output``), under the appimg's lock for a moment only.
+
+``explain`` is told, before any work, which stages are reused and why the others are not.
 
 One build of an appimg runs at a time. A build that fails, is interrupted or killed leaves the
 appimg as it was: the build tree is deleted (at once, or by the next build when realms was
@@ -18,21 +25,26 @@ killed), and nothing reaches ``appimg list``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from realms import log
 from realms.appimg.commit import NewVersion, commit
 from realms.appimg.record import Version, exists, load_record
 from realms.appimg.tarball import create_options, write_tarball
-from realms.builder import cache, modules, packages
+from realms.builder import archive, cache, modules, packages, reproducible, stages
 from realms.builder.bootstrap import bootstrapper_named
 from realms.builder.config import BuildConfig, Module, inputs_digest, load, with_name
 from realms.builder.job import BuildJob, prune_logs
+from realms.builder.reproducible import Epoch
+from realms.builder.stages import BOOTSTRAP, HIT, MISS, PACKAGES, UNUSED, Decision
+from realms.errors import InvalidInput, NotFound
 from realms.faults import checkpoint
 from realms.kinds import ImageKind, VersionOrigin
 from realms.store import Store
@@ -49,6 +61,12 @@ class BuildResult:
     log_path: Path | None
     key: str
     seconds: float
+    stages: tuple[Decision, ...] = ()
+    """Which stages were reused, and why the others were not."""
+
+
+Explain = Callable[[list[Decision]], None]
+"""Told which stages a build reuses, and why not the others, before it starts."""
 
 
 def build(
@@ -58,9 +76,12 @@ def build(
     name: str | None = None,
     output: Path | None = None,
     rebuild: bool = False,
+    explain: Explain | None = None,
+    offline: bool = False,
 ) -> BuildResult:
     """Build appimg ``name`` (default: the config's) from ``config_path`` (None: the default
-    appimg base) as its new current version, or as the tarball ``output``."""
+    appimg base) as its new current version, or as the tarball ``output``; ``offline``: ask
+    no mirror, use the cached build of the config with the newest mirror state."""
     started = time.monotonic()
     config = load(config_path)
     if name:
@@ -68,12 +89,31 @@ def build(
     if output is not None:
         create_options(output)
         output = output.resolve()
-    key = inputs_digest(config)
+    offline_key, state = _offline(store, config, rebuild) if offline else (None, None)
+    state = state or archive.fetch(store, config)
+    epoch = reproducible.source_date_epoch(state.date)
+    key = archive.build_key(inputs_digest(config), state)
+    if epoch is not None and epoch.user_set:
+        key = hashlib.sha256(f"{key}\nepoch {epoch.seconds}".encode()).hexdigest()
+    key = offline_key or key
+    plan = stages.plan(config, state, epoch)
+    record = {
+        "config": inputs_digest(config),
+        "archive": state.to_json(),
+        "packages": plan.packages,
+    }
     detail = config.origin if config_path is None else str(config_path.resolve())
+    decided: list[Decision] = []
+
+    def decide(decisions: list[Decision]) -> None:
+        decided[:] = decisions
+        if explain is not None:
+            explain(decisions)
 
     def result(outcome: str, version: Version | None, log_path: Path | None) -> BuildResult:
+        seconds = time.monotonic() - started
         return BuildResult(
-            config.name, outcome, version, output, log_path, key, time.monotonic() - started
+            config.name, outcome, version, output, log_path, key, seconds, tuple(decided)
         )
 
     store.sweep()
@@ -82,21 +122,74 @@ def build(
             if output is None and exists(store, config.name):
                 current = load_record(store, config.name).current_version
                 if current.build_key == key:
+                    built = f"version {current.version} was built from these inputs"
+                    decide([Decision(BOOTSTRAP, UNUSED), Decision(PACKAGES, HIT, built)])
                     return result("up to date", current, None)
             cached = cache.lookup(store, key)
             if cached is not None:
+                kept = "a finished build of these inputs is cached"
+                decide([Decision(BOOTSTRAP, UNUSED), Decision(PACKAGES, HIT, kept)])
                 log.note(f"Reusing the cached build of these inputs ({key[:12]})")
                 if output is not None:
                     write_tarball(cached, output)
                     return result("cached", None, None)
                 new = NewVersion(
-                    ImageKind.TREE, VersionOrigin.BUILD, f"{detail} (cached)", build_key=key
+                    ImageKind.TREE,
+                    VersionOrigin.BUILD,
+                    f"{detail} (cached)",
+                    build_key=key,
+                    source=state.source(),
                 )
                 version = commit(
                     store, config.name, lambda tree: cache.clone(store, key, tree), new
                 )
                 return result("cached", version, None)
-        return _build_new(store, config, key=key, detail=detail, output=output, result=result)
+        if offline:
+            raise NotFound(f"the cached build of {detail} is gone", hint=_ONLINE)
+        bootstrap = None if rebuild else cache.stages(store).lookup(plan.bootstrap_key)
+        decide(_decisions(store, plan, bootstrap is not None, rebuild))
+        return _build_new(
+            store,
+            config,
+            key=key,
+            detail=detail,
+            output=output,
+            result=result,
+            plan=plan,
+            epoch=epoch,
+            record=record,
+            bootstrap=bootstrap is not None,
+            source=state.source(),
+        )
+
+
+_ONLINE = "build it once without --offline"
+
+
+def _offline(store: Store, config: BuildConfig, rebuild: bool) -> tuple[str, archive.ArchiveState]:
+    """The key and mirror state of the cached build of ``config`` with the newest mirror
+    state (``--offline``: no mirror is asked)."""
+    if rebuild:
+        raise InvalidInput("--offline builds nothing: it cannot --rebuild")
+    found = archive.newest_cached(cache.results(store).records(), inputs_digest(config))
+    if found is None:
+        raise NotFound(f"no cached build of {config.origin} to use offline", hint=_ONLINE)
+    log.note(f"Offline: the cached build of the {found[1].describe()}")
+    return found
+
+
+def _decisions(store: Store, plan: stages.Plan, bootstrap: bool, rebuild: bool) -> list[Decision]:
+    if rebuild:
+        again = "--rebuild builds every stage again"
+        return [Decision(BOOTSTRAP, MISS, again), Decision(PACKAGES, MISS, again)]
+    if bootstrap:
+        first = Decision(BOOTSTRAP, HIT)
+    else:
+        kept = [inputs for _key, inputs in cache.stages(store).records()]
+        first = Decision(BOOTSTRAP, MISS, stages.explain_miss(plan.bootstrap, kept))
+    finished = [record.get("packages") for _key, record in cache.results(store).records()]
+    why = stages.explain_miss(plan.packages, [r for r in finished if isinstance(r, dict)])
+    return [first, Decision(PACKAGES, MISS, why)]
 
 
 def _build_new(
@@ -107,6 +200,11 @@ def _build_new(
     detail: str,
     output: Path | None,
     result: Callable[[str, Version | None, Path | None], BuildResult],
+    plan: stages.Plan,
+    epoch: Epoch | None,
+    record: dict[str, Any],
+    bootstrap: bool,
+    source: dict[str, str],
 ) -> BuildResult:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     logs = store.logs_dir
@@ -121,6 +219,7 @@ def _build_new(
         log_path=store.build_log_path(config.name, stamp),
         package_cache=cache.packages_dir(store, config.release),
         scratch=scratch,
+        environment=epoch.environment() if epoch is not None else {},
     )
     job.open()
     prune_logs(logs, config.name)
@@ -128,16 +227,26 @@ def _build_new(
     try:
         work.mkdir()
         scratch.mkdir()
-        store.backend.create_tree(tree)
-        _run_stages(job)
+        if bootstrap:
+            with log.step("Starting from the cached bootstrap"):
+                cache.stages(store).clone(store, plan.bootstrap_key, tree)
+        else:
+            store.backend.create_tree(tree)
+            _bootstrap(job)
+            checkpoint("build:bootstrapped")
+            with log.step("Keeping the bootstrap in the stage cache"):
+                cache.stages(store).keep(store, plan.bootstrap_key, tree, plan.bootstrap)
+        _packages(job, epoch)
         checkpoint("build:built")
-        cache.keep(store, key, tree)
+        cache.keep(store, key, tree, record)
         cache.prune_packages(job.package_cache, tree)
         if output is not None:
             write_tarball(tree, output)
             return result("built", None, job.log_path)
         with log.step(f"Committing as a new version of appimg {config.name}"):
-            new = NewVersion(ImageKind.TREE, VersionOrigin.BUILD, detail, build_key=key)
+            new = NewVersion(
+                ImageKind.TREE, VersionOrigin.BUILD, detail, build_key=key, source=source
+            )
             version = commit(store, config.name, lambda target: rename_noreplace(tree, target), new)
         return result("built", version, job.log_path)
     finally:
@@ -148,19 +257,13 @@ def _build_new(
             store.remove(work)
 
 
-def _run_stages(job: BuildJob) -> None:
+def _bootstrap(job: BuildJob) -> None:
+    """The bootstrap stage: the base system, the modules before the packages, and apt's
+    package lists for the image's own sources, with what they upgrade."""
     config = job.config
     bootstrapper = bootstrapper_named(config.bootstrapper)
-    include = ["locales"] if any(m.name == "configure-locale" for m in config.before) else []
-    # The built-in modules do not need to come before the packages (the bootstrapper is told
-    # whether to install recommended packages, and the apt sources are written for later),
-    # so unless a user's own script runs before them, the packages are installed by the
-    # bootstrapper in the same run as the base system: one apt and dpkg run instead of two.
-    together = all(module.script is None for module in config.before)
-    if together:
-        include = sorted({*include, *config.packages})
-    what = f" and {len(config.packages)} packages" if together and config.packages else ""
-    title = f"Bootstrapping Debian {config.release}{what} ({config.bootstrapper}, {config.variant})"
+    include = stages.includes(config)
+    title = f"Bootstrapping Debian {config.release} ({config.bootstrapper}, {config.variant})"
     recommends = not config.uses("no-install-recommends")
     if bootstrapper.shows_progress:
         with job.stage("bootstrap", title, show=False), log.progress(title, 100, "percent") as bar:
@@ -169,21 +272,28 @@ def _run_stages(job: BuildJob) -> None:
         with job.stage("bootstrap", title):
             bootstrapper.bootstrap(job, include, recommends=recommends, bar=log.NO_BAR)
     _run_modules(job, config.before, "before")
-    with job.stage("packages", "Updating package lists and upgrading"):
+    with job.stage("bootstrap", "Updating package lists and upgrading"):
         packages.update_and_upgrade(job)
-    if not together:
-        with job.stage("packages", f"Installing {len(config.packages)} packages", show=False):
-            packages.install(job, config.packages)
+
+
+def _packages(job: BuildJob, epoch: Epoch | None) -> None:
+    """The package stage: one apt transaction for the package list, the files, the modules
+    after the packages, and the cleanup."""
+    config = job.config
+    with job.stage("packages", f"Installing {len(config.packages)} packages", show=False):
+        packages.install(job, config.packages)
     if config.files:
         with job.stage("files", f"Installing {len(config.files)} files"):
             _install_files(job, config)
     _run_modules(job, config.after, "after")
     with job.stage("finish", "Cleaning up the image"):
-        job.run_script("finish", modules.finish_script())
+        job.run_script("finish", reproducible.cleanup_script())
         # The bootstrapper copied the host's name server configuration; an appimg has none of
         # its own (nspawn provides one when a realm runs). Removed from outside: inside the
         # container the host's file is bound over it.
         unlink_in_root(job.tree, "etc/resolv.conf")
+        if epoch is not None:
+            reproducible.clamp_mtimes(job.tree, epoch.seconds)
 
 
 def _run_modules(job: BuildJob, stage_modules: list[Module], when: str) -> None:

@@ -52,6 +52,8 @@ class BuildJob:
     package_cache: Path
     scratch: Path
     """A host directory bound read-only into the image at /run/realms-build."""
+    environment: dict[str, str] = field(default_factory=dict)
+    """For the bootstrapper and every step in the image (SOURCE_DATE_EPOCH)."""
     _log: IO[bytes] | None = field(default=None, repr=False)
     stage_name: str = ""
 
@@ -142,7 +144,7 @@ class BuildJob:
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=terminal.fd if terminal else subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **self.environment, **(env or {})},
             # unshare ignores SIGTERM while it waits for its child: only SIGKILL stops it.
             die_with_parent=signal.SIGKILL,
         )
@@ -180,7 +182,12 @@ class BuildJob:
                 *(binds or []),
             ],
             pristine=True,
-            environment={"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", **(env or {})},
+            environment={
+                "DEBIAN_FRONTEND": "noninteractive",
+                "LC_ALL": "C.UTF-8",
+                **self.environment,
+                **(env or {}),
+            },
         )
         code = run_container(container, log=self.log, consume=consume)
         if code != 0:

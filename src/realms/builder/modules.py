@@ -23,11 +23,6 @@ from dataclasses import dataclass
 from realms.builder import archive
 from realms.builder.spec import BuildConfig
 
-_FINISH = """\
-apt-get clean
-rm -rf /var/lib/apt/lists/*
-"""
-
 
 def _no_install_recommends(config: BuildConfig) -> str:
     return """\
@@ -199,7 +194,3 @@ BUILTINS = {
 def builtin_script(name: str, config: BuildConfig) -> str:
     """The script of built-in module ``name`` for ``config``."""
     return "set -eu\n" + BUILTINS[name].write(config)
-
-
-def finish_script() -> str:
-    return "set -eu\n" + _FINISH

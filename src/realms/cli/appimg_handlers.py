@@ -3,6 +3,7 @@ typed values, calls one function of :mod:`realms.api` and prints the result."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from realms import api, log
@@ -101,13 +102,15 @@ def build(call: Call) -> int:
         name=call.maybe_text("name"),
         output=call.maybe_path("output"),
         rebuild=call.flag("rebuild"),
+        explain=_print_decisions if call.flag("explain") else None,
+        offline=call.flag("offline"),
     )
     took = f"{result.seconds:.1f}s"
     if result.outcome == "up to date":
         assert result.version is not None
         log.note(
             f"Appimg {result.name} is up to date: version {result.version.version} was built "
-            "from the same inputs (--rebuild builds it again, with the mirror's newest packages)"
+            "from the same config against the same mirror state"
         )
     elif result.output is not None:
         log.note(f"Wrote {result.output} ({result.outcome}, {took})")
@@ -116,6 +119,13 @@ def build(call: Call) -> int:
         source = " from the build cache" if result.outcome == "cached" else ""
         log.note(f"Built appimg {result.name} version {result.version.version}{source} in {took}")
     return 0
+
+
+def _print_decisions(decisions: Sequence[object]) -> None:
+    # On stdout, before the build's work (on stderr) starts: "packages: miss: package list
+    # changed: +curl".
+    for decision in decisions:
+        print(decision, flush=True)
 
 
 def seal(call: Call) -> int:

@@ -213,7 +213,7 @@ COMMANDS: tuple[Group | Command, ...] = (
             ),
             Arg(
                 "--rebuild",
-                "build even when the inputs did not change",
+                "build every stage again, even when the inputs did not change",
                 flag=True,
             ),
             Arg(
@@ -224,7 +224,8 @@ COMMANDS: tuple[Group | Command, ...] = (
             ),
             Arg(
                 "--explain",
-                "say which stages hit or miss the cache and why (which input changed)",
+                "print first, on stdout, which stages (bootstrap, packages) hit or miss the cache "
+                "and why, in words (which input changed); then build as usual",
                 flag=True,
             ),
         ),
