@@ -61,6 +61,7 @@ def test_short_fault_run(tmp_path: Path, busybox_tree: Path) -> None:
 
 
 @pytest.mark.stress
+@pytest.mark.timeout(6 * 3600)
 def test_stress_fault_run(
     request: pytest.FixtureRequest, tmp_path: Path, busybox_tree: Path
 ) -> None:
