@@ -15,5 +15,12 @@ Disk usage and garbage collection (``df``, ``gc``):
 - :mod:`.usage` measures every version, realm (root or upper layer, home, snapshots), cache and
   leftover, and what gc would free, in one measurement.
 
-The check (``check``):
+The check (``check``, ``check --repair``): :mod:`.check` compares every record with the disk and
+the machine, one object at a time under its own lock (shared), and reports each disagreement
+as one :class:`.findings.Problem` with what ``--repair`` does; ``--repair`` runs each repair
+under the locks it needs, then checks again. The checks, by part of the store:
+:mod:`.check_appimgs` (records vs versions), :mod:`.check_realms` (origins vs roots, layers,
+homes, configs, snapshots, uid ranges), :mod:`.check_mounts` (activations, mounts, loop and
+dm devices), :mod:`.check_files` (modes, lock files, keys, the default link, leftovers,
+runtime state). Repairs never delete what a user made: it is moved to ``removed/``.
 """
