@@ -219,6 +219,8 @@ def test_image_realm_rebase(realms: Realms, base: str, kind: str) -> None:
     assert realms("run", "r1", "--", "cat", "/etc/version").stdout == "v3\n"
     assert _snapshots(realms, "r1") == {"pre-rebase": 2, "pre-restore": 3}
     _no_leftovers(realms, "r1")
+    realms("remove", "r1")  # its activation (a loop device) goes with it
+    assert realms.json("status")["activations"] == []
 
 
 BEFORE_EXCHANGE = ("rebase:staged", "rebase:recorded")

@@ -27,6 +27,7 @@ refused) are held throughout (:func:`idle`).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -96,7 +97,10 @@ def stage(store: Store, name: str, label: str, found: origin.Origin) -> Path:
     snapshots.mkdir(mode=0o700, exist_ok=True)
     staged = snapshots / f"{NEW_PREFIX}{label}.{token()}"
     staged.mkdir(mode=0o700)
-    write_toml(staged / ORIGIN_NAME, {**found.to_toml(), "taken": now()})
+    # taken_ns orders snapshots taken within one second.
+    write_toml(
+        staged / ORIGIN_NAME, {**found.to_toml(), "taken": now(), "taken_ns": time.time_ns()}
+    )
     return staged
 
 
@@ -201,6 +205,13 @@ def finish(store: Store, name: str) -> None:
                 freeze(store, staged / str(data["root"]))
                 install(store, name, staged, label)
             checkpoint(f"{what}:snapshot")
+            if found.kind in IMAGE_KINDS:
+                from realms import activation
+
+                # The version the realm left, unless other realms run on it (a swap releases
+                # it itself; this is for one that was killed before).
+                with store.activation_lock(found.appimg):
+                    activation.release_unused(store, found.appimg)
         files.root_swap.unlink()
         fsync_dir(files.directory)
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +46,8 @@ class Snapshot:
     kind: str = ""
     layer: str = "rootfs"
     """What was snapshotted: the root filesystem (rootfs) or an image realm's layer (upper)."""
+    order: int = field(default=0, compare=False, repr=False)
+    """When it was taken, in nanoseconds (orders snapshots of one second)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,15 +64,17 @@ class Snapshot:
 def _read(store: Store, name: str, label: str) -> Snapshot:
     directory = store.realm(name).snapshot(label)
     found = origin.load(directory)
-    taken = config.read_toml(directory / ORIGIN_NAME).get("taken")
+    record = config.read_toml(directory / ORIGIN_NAME)
+    order = record.get("taken_ns")
     return Snapshot(
         name,
         label,
-        str(taken or found.created),
+        str(record.get("taken") or found.created),
         found.appimg,
         found.appimg_version,
         found.kind,
         roots.layer_of(found),
+        order if isinstance(order, int) else 0,
     )
 
 
@@ -87,7 +91,7 @@ def _all(store: Store, name: str) -> list[Snapshot]:
             found.append(_read(store, name, label))
         except RealmsError as error:
             log.warn(f"realm {name}: snapshot {label}: {error.message}")
-    return sorted(found, key=lambda s: (s.created, s.label))
+    return sorted(found, key=lambda s: (s.created, s.order, s.label))
 
 
 def _require(store: Store, name: str, label: str) -> Snapshot:
