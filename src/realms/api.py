@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from realms.errors import AlreadyExists, RealmsError
-from realms.store import InitResult, Store, init, locate
+from realms.store import Store, locate
 
 if TYPE_CHECKING:
     from realms.appimg.diff import TreeDiff, diff_appimg
@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         snapshot_realm,
     )
     from realms.status import Status, status
+    from realms.store.init import InitResult, init
 
 # What this module passes on from the modules that own it, imported when first used: a command
 # imports only the modules it needs (``realms appimg verify`` never imports realms, containers or
@@ -86,6 +87,8 @@ _LAZY = {
     "run_in_realm": "realms.realm",
     "set_default_realm": "realms.realm",
     "show_realm": "realms.realm",
+    "InitResult": "realms.store.init",
+    "init": "realms.store.init",
     "Status": "realms.status",
     "status": "realms.status",
     "TreeDiff": "realms.appimg.diff",
@@ -250,13 +253,13 @@ def build_appimg(
     name: str | None = None,
     output: Path | None = None,
     rebuild: bool = False,
+    explain: Callable[[list[Decision]], None] | None = None,
+    offline: bool = False,
 ) -> BuildResult:
     """Build an appimg from a build config (None: the default appimg base); ``explain`` is told
     which stages are reused and why the others are not, before the work starts; ``offline``
     asks no mirror and uses the cached build of the config with the newest mirror state."""
     from realms.builder.build import build
-    explain: Callable[[list[Decision]], None] | None = None,
-    offline: bool = False,
 
     return build(
         store, config, name=name, output=output, rebuild=rebuild, explain=explain, offline=offline
@@ -447,19 +450,25 @@ def default(store: Store, name: str | None = None) -> str:
 def shell(store: Store, name: str | None = None, *, root: bool = False) -> int:
     """An interactive login shell in realm ``name`` (default: the current realm, else the
     default realm); return its exit status."""
-    from realms.realm import run_in_realm
-
-    return run_in_realm(store, _realm_or_current(store, name, "shell NAME"), [], root=root)
+    return _run(store, _realm_or_current(store, name, "shell NAME"), [], root=root)
 
 
 def run(store: Store, name: str | None, command: list[str], *, root: bool = False) -> int:
     """Run ``command`` in realm ``name`` (default: the current realm, else the default realm);
     return its exit status."""
+    return _run(store, _realm_or_current(store, name, "run NAME -- COMMAND"), command, root=root)
+
+
+def _run(store: Store, name: str, command: list[str], *, root: bool) -> int:
+    """A running realm is joined before what a container needs is imported (fast start-up)."""
+    from realms.lifecycle.join import join_realm
+
+    joined = join_realm(store, name, command, root=root)
+    if joined is not None:
+        return joined
     from realms.realm import run_in_realm
 
-    return run_in_realm(
-        store, _realm_or_current(store, name, "run NAME -- COMMAND"), command, root=root
-    )
+    return run_in_realm(store, name, command, root=root)
 
 
 def _realm_or_current(store: Store, name: str | None, usage: str) -> str:

@@ -10,7 +10,6 @@ otherwise one line when a step starts and one with its elapsed time when it ends
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 import time
@@ -20,8 +19,6 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from rich.progress import Progress
-
-logger = logging.getLogger("realms")
 
 QUIET = -1
 NORMAL = 0
@@ -34,11 +31,6 @@ def setup(verbosity: int) -> None:
     """Configure output: QUIET, NORMAL or VERBOSE."""
     global _verbosity
     _verbosity = verbosity
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("realms: %(message)s"))
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.DEBUG if verbosity >= VERBOSE else logging.WARNING)
-    logger.propagate = False
 
 
 # On a terminal a step's line stays open until the step ends, which then adds its time to it;
@@ -76,9 +68,11 @@ def warn(message: str) -> None:
 
 
 def debug(message: str) -> None:
-    if logger.isEnabledFor(logging.DEBUG):
+    """A line shown with -v only (the commands realms runs). Not Python's logging, whose import
+    alone costs every command several milliseconds of start-up."""
+    if _verbosity >= VERBOSE:
         _close_open_step()
-        logger.debug(message)
+        print(f"realms: {message}", file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from realms.store import Store, init
+from realms.store import Store
+from realms.store.init import init
 from tests.unit.fakes import DirectoryBackend
 
 Owners = dict[str, tuple[int, int]]

@@ -107,9 +107,11 @@ def _start_with_systemd(store: Store, name: str, timeout: float, began: float) -
 
 
 def _launch_and_wait(store: Store, name: str, timeout: float, began: float) -> Started:
-    from realms.lifecycle import supervisor
+    from realms.lifecycle import detach, supervisor
 
-    pid, report = supervisor.launch(store, name)
+    pid, report = detach.launch(
+        store, name, lambda report: supervisor.supervise(store, name, report)
+    )
     checkpoint("realm-start:launched")
     try:
         message = _read_report(report, began + timeout)

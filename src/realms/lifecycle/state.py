@@ -219,12 +219,17 @@ def forget(store: Store, name: str) -> None:
     """Remove what a stopped realm left under /run/realms and its empty cgroup; the caller
     holds the realm's lock and checked that it is stopped (:func:`running` is None)."""
     path = store.runtime_state_path(name)
-    path.unlink(missing_ok=True)
-    store.notify_socket_path(name).unlink(missing_ok=True)
+    for file in runtime_files(store, name):
+        file.unlink(missing_ok=True)
     # What a writer killed between its temporary file and the rename left.
     for leftover in path.parent.glob(f"{temporary_name(path).name.rsplit('.', 1)[0]}.*"):
         leftover.unlink(missing_ok=True)
     cgroups.remove(store.cgroup_name(name))
+
+
+def runtime_files(store: Store, name: str) -> list[Path]:
+    """The files a started realm has under /run/realms, removed once it stopped."""
+    return [store.runtime_state_path(name), store.notify_socket_path(name)]
 
 
 def uptime_seconds(runtime: RealmRuntime) -> float | None:

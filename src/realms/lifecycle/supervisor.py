@@ -1,9 +1,9 @@
 """The supervisor of one booted realm, where systemd is not PID 1 (no transient units).
 
-:func:`launch` forks it from ``realms start`` (no second Python start-up: what the command
-imported is there already), detached: a session of its own, stdin from /dev/null, stdout and
-stderr to the realm's console log (``logs/realm-NAME.console``, the previous one kept as
-``.old``). It lives as long as the realm:
+:func:`realms.lifecycle.detach.launch` forks it from ``realms start`` (no second Python
+start-up: what the command imported is there already), detached: a session of its own, stdin
+from /dev/null, stdout and stderr to the realm's console log (``logs/realm-NAME.console``, the
+previous one kept as ``.old``). It lives as long as the realm:
 
 1. It holds the realm's run lock (:meth:`realms.store.Layout.run_lock`), so that ``realms
    remove`` refuses a running realm and nothing else runs it as a one-shot container; then it
@@ -12,7 +12,10 @@ stderr to the realm's console log (``logs/realm-NAME.console``, the previous one
 2. It makes the realm's cgroup (:mod:`realms.lifecycle.cgroups`), moves nspawn into it before
    exec, and listens on nspawn's notify socket: ``X_NSPAWN_LEADER_PID`` and ``READY=1`` go
    into the runtime state (:mod:`realms.lifecycle.state`) and, once, to ``realms start``
-   through a pipe (one JSON line: ``ready`` or ``error``).
+   through a pipe (one JSON line: ``ready`` or ``error``). Once the realm is ready it
+   executes the lean watcher (:mod:`realms.lifecycle.watch`: the same process, a third of the
+   memory), which waits for nspawn and comes back here (:func:`resume_main`) for what follows
+   unless only the runtime files and the cgroup are left to remove.
 3. It is a child subreaper: if nspawn is SIGKILLed, the realm's init becomes its child and it
    stops it (poweroff, then ``cgroup.kill``). nspawn exiting 133 (a reboot from inside) boots
    the realm again; any other exit, or SIGTERM to the supervisor (what ``realms stop`` sends;
@@ -27,7 +30,6 @@ a dead supervisor's record for a running realm).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
@@ -35,13 +37,13 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from realms.errors import RealmsError
 from realms.kinds import RealmState
-from realms.lifecycle import cgroups, state
+from realms.lifecycle import cgroups, state, watch
+from realms.lifecycle.detach import Report
 from realms.store import Store
 from realms.system.libc import libc
 from realms.units import now
@@ -60,92 +62,6 @@ again and again, is stopped (its console log says why) instead of looping for ev
 POWEROFF = signal.SIGRTMIN + 4
 """systemd's signal for "power off" (SIGTERM to systemd as PID 1 means re-execute)."""
 _PR_SET_CHILD_SUBREAPER = 36
-
-
-@dataclass
-class Report:
-    """The pipe back to ``realms start``: one JSON line, then closed."""
-
-    fd: int
-
-    def send(self, data: dict[str, Any]) -> None:
-        if self.fd < 0:
-            return
-        with contextlib.suppress(OSError):
-            os.write(self.fd, json.dumps(data).encode() + b"\n")
-        self.close()
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def launch(store: Store, name: str) -> tuple[int, int]:
-    """Fork the realm's supervisor, detached; return its pid and the pipe it reports on (read
-    end; the caller closes it). The caller holds the realm's lock and checked it is stopped."""
-    read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    pid_read, pid_write = os.pipe2(os.O_CLOEXEC)
-    console = _open_console(store, name)
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    child = os.fork()
-    if child == 0:
-        # Forked twice, so that the supervisor is nobody's child here (no zombie in a caller
-        # that lives on, as an API user may) and in a session of its own.
-        status = 1
-        try:
-            os.setsid()
-            grandchild = os.fork()
-            if grandchild == 0:
-                os.write(pid_write, str(os.getpid()).encode())
-                _detach(console, keep=[write_end])
-                status = supervise(store, name, Report(write_end))
-            else:
-                status = 0
-        except BaseException as error:
-            with contextlib.suppress(BaseException):
-                Report(write_end).send({"error": f"the supervisor failed: {error}"})
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    os.close(pid_write)
-    os.close(console)
-    os.waitpid(child, 0)
-    try:
-        text = os.read(pid_read, 32)
-    finally:
-        os.close(pid_read)
-    if not text:
-        os.close(read_end)
-        raise RealmsError(f"the supervisor of realm {name!r} could not be started")
-    return int(text), read_end
-
-
-def _open_console(store: Store, name: str) -> int:
-    """The console log, fresh for this start; the last one is kept beside it as ``.old``."""
-    path = store.console_log_path(name)
-    path.parent.mkdir(mode=0o700, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(path, path.with_name(path.name + ".old"))
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-
-
-def _detach(console: int, keep: list[int]) -> None:
-    """stdin from /dev/null, stdout and stderr to the console log, no other descriptor of the
-    command that forked it (its locks above all: a lock belongs to every copy of its file)."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(console, 1)
-    os.dup2(console, 2)
-    for entry in os.listdir("/proc/self/fd"):
-        fd = int(entry)
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-        signal.signal(signum, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def note(message: str) -> None:
@@ -185,7 +101,11 @@ class Supervisor:
         self.cgroup = cgroups.path(store.cgroup_name(name))
         self.stop_requested = False
         self.nspawn: subprocess.Popen[bytes] | None = None
+        self.notify: socket.socket | None = None
+        self.reboots: list[float] = []
         self.plan: NetworkPlan | None = None
+        self.release_network = False
+        """Set on a resumed supervisor, which has no plan but may have a network to release."""
         self.record = state.Record(
             name=name,
             state=RealmState.STARTING,
@@ -200,11 +120,7 @@ class Supervisor:
         state.write(self.store, self.record)
 
     def run(self) -> int:
-        wake_read, wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        signal.set_wakeup_fd(wake_write)
-        signal.signal(signal.SIGCHLD, lambda _n, _f: None)
-        signal.signal(signal.SIGTERM, self._on_term)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        wake = self._handle_signals()
         self.save()
         try:
             if cgroups.populated(self.cgroup):
@@ -212,21 +128,44 @@ class Supervisor:
                     f"realm {self.name!r} still has processes in its cgroup {self.cgroup}",
                     hint=f"stop it first: realms stop {self.name}",
                 )
-            container, settings = boot_container(self.store, self.name)
-            from realms import network
-
-            # The plan decides the network (use-network = false included): nspawn's options
-            # are its own, not the one-shot container's switch.
-            self.plan = network.prepare(self.store, self.name, settings)
-            container.private_network = False
-            container.extra_args = [*container.extra_args, *self.plan.nspawn_args]
-            self.save(address=self.plan.address)
+            container = self._prepare()
             cgroups.create(self.store.cgroup_name(self.name))
-            with _notify_socket(self.store.notify_socket_path(self.name)) as notify:
-                status = self._boot_loop(container, notify, wake_read)
+            status = self._boot_loop(container, wake, [])
             return 0 if status in (0, REBOOT_STATUS) else 1
         finally:
             self._clean_up()
+
+    def resume(self, status: int, reboots: list[float]) -> int:
+        """Go on where the watcher (:mod:`realms.lifecycle.watch`) stopped: nspawn exited with
+        ``status``; boot again after a reboot from inside, or clean up."""
+        wake = self._handle_signals()
+        try:
+            status = self._boot_loop(None, wake, reboots, status)
+            return 0 if status in (0, REBOOT_STATUS) else 1
+        finally:
+            self._clean_up()
+
+    def _handle_signals(self) -> int:
+        """SIGCHLD and SIGTERM wake the loop (through the returned pipe); SIGTERM also stops."""
+        wake_read, wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda _n, _f: None)
+        signal.signal(signal.SIGTERM, self._on_term)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watch.BLOCKED)
+        return wake_read
+
+    def _prepare(self) -> Container:
+        container, settings = boot_container(self.store, self.name)
+        from realms import network
+
+        # The plan decides the network (use-network = false included): nspawn's options
+        # are its own, not the one-shot container's switch.
+        self.plan = network.prepare(self.store, self.name, settings)
+        container.private_network = False
+        container.extra_args = [*container.extra_args, *self.plan.nspawn_args]
+        self.save(address=self.plan.address)
+        return container
 
     def _on_term(self, _signum: int, _frame: Any) -> None:
         if not self.stop_requested:
@@ -237,33 +176,46 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.nspawn.pid, signal.SIGTERM)
 
-    def _boot_loop(self, container: Container, notify: socket.socket, wake: int) -> int:
+    def _boot_loop(
+        self,
+        container: Container | None,
+        wake: int,
+        reboots: list[float],
+        status: int | None = None,
+    ) -> int:
+        """Boot the realm until it stops for good (``status``: nspawn has exited already)."""
         from realms.container import launch, nspawn_argv
 
         env = dict(os.environ)
         env["NOTIFY_SOCKET"] = str(self.store.notify_socket_path(self.name))
         # One cgroup2 tree for the realm, also on a hybrid host (systemd 258 drops v1).
         env["SYSTEMD_NSPAWN_UNIFIED_HIERARCHY"] = "1"
-        argv = nspawn_argv(container, interactive=False, systemd_pid1=False)
-        reboots: list[float] = []
+        self.reboots = reboots
         while True:
-            if self.stop_requested:
-                return 0
-            note(f"booting realm {self.name} (boot {self.record.boots})")
-            self.nspawn = launch(
-                container,
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=1,
-                stderr=2,
-                env=env,
-                cgroup=self.cgroup,
-            )
-            self.save(nspawn=_process(self.nspawn.pid), leader=None, state=RealmState.STARTING)
-            if self.stop_requested:
-                os.kill(self.nspawn.pid, signal.SIGTERM)
-            status = self._wait(notify, wake)
-            note(f"nspawn exited with status {status}")
+            if status is None:
+                if self.stop_requested:
+                    return 0
+                container = container or self._prepare()
+                argv = nspawn_argv(container, interactive=False, systemd_pid1=False)
+                note(f"booting realm {self.name} (boot {self.record.boots})")
+                with _notify_socket(self.store.notify_socket_path(self.name)) as notify:
+                    self.notify = notify
+                    self.nspawn = launch(
+                        container,
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=1,
+                        stderr=2,
+                        env=env,
+                        cgroup=self.cgroup,
+                    )
+                    self.save(
+                        nspawn=_process(self.nspawn.pid), leader=None, state=RealmState.STARTING
+                    )
+                    if self.stop_requested:
+                        os.kill(self.nspawn.pid, signal.SIGTERM)
+                    status = self._wait(notify, wake)
+                note(f"nspawn exited with status {status}")
             if cgroups.populated(self.cgroup):
                 self._stop_orphans()
             reboots.append(time.monotonic())
@@ -285,6 +237,7 @@ class Supervisor:
                     )
                 return status
             self.save(boots=self.record.boots + 1)
+            status = None
 
     def _wait(self, notify: socket.socket, wake: int) -> int:
         """Pass on nspawn's notifications until it exits; its exit status."""
@@ -354,6 +307,54 @@ class Supervisor:
         self.save(state=RealmState.RUNNING)
         note(f"realm {self.name} is ready (init {leader})")
         self.report.send({"ready": leader, "address": self.record.address})
+        if not self.stop_requested:
+            self._become_watcher()
+
+    def _become_watcher(self) -> None:
+        """Execute the lean watcher (:mod:`realms.lifecycle.watch`) in this process, keeping
+        nspawn, the run lock and the notify socket; it comes back here when nspawn exits, unless
+        only the runtime files and the cgroup are left to clean up."""
+        from realms.kinds import NetworkMode
+        from realms.store.locks import own_descriptor
+        from realms.system.fs import temporary_name
+
+        assert self.nspawn is not None and self.notify is not None
+        lock = own_descriptor(self.store.run_lock_path(self.name))
+        if lock is None:
+            return  # cannot keep the lock across an exec: stay as we are
+        path = self.store.runtime_state_path(self.name)
+        spec = {
+            "name": self.name,
+            "nspawn": self.nspawn.pid,
+            "notify_fd": self.notify.fileno(),
+            "cgroup": self.store.cgroup_name(self.name),
+            "state_path": str(path),
+            "temporary_path": str(temporary_name(path)),
+            "stopping_record": self.record.but(state=RealmState.STOPPING).to_json(),
+            "forget": [str(file) for file in state.runtime_files(self.store, self.name)],
+            "lean_cleanup": self.plan is None or self.plan.mode != NetworkMode.PRIVATE,
+            "reboot_status": REBOOT_STATUS,
+            "resume": {
+                "store": str(self.store.root),
+                "name": self.name,
+                "record": self.record.to_json(),
+                "lock_fd": lock,
+                "notify_fd": self.notify.fileno(),
+                "reboots": self.reboots,
+            },
+        }
+        argv, spec_fd = watch.command("watch.main", spec, lean=True)
+        for fd in (lock, self.notify.fileno()):
+            os.set_inheritable(fd, True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, watch.BLOCKED)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execv(argv[0], argv)  # noqa: S606 (realms' own interpreter, argv made here)
+        except OSError as error:
+            os.close(spec_fd)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, watch.BLOCKED)
+            note(f"cannot become the watcher, supervising as before: {error}")
 
     def _stop_orphans(self) -> None:
         """nspawn is gone but the realm's processes are not (nspawn was SIGKILLed): power its
@@ -390,7 +391,7 @@ class Supervisor:
             cgroups.kill(self.cgroup)
             cgroups.wait_empty(self.cgroup, 10)
         self._reap_any()
-        if self.plan is not None:
+        if self.plan is not None or self.release_network:
             from realms import network
 
             try:
@@ -424,3 +425,29 @@ def _self() -> state.Process:
 
 def _process(pid: int) -> state.Process | None:
     return state.Process.of(pid)
+
+
+def resume_main() -> None:
+    """The supervisor's program once more, after the watcher (see :mod:`realms.lifecycle.watch`
+    and :func:`watch.command`): ``argv[2]`` is the spec the supervisor gave the watcher, with
+    nspawn's exit status and whether a stop was asked for."""
+    from realms.store import Store
+
+    spec = watch.read_spec()
+    name = str(spec["name"])
+    with contextlib.suppress(OSError):
+        os.close(int(spec["notify_fd"]))
+    os.set_inheritable(int(spec["lock_fd"]), False)  # held until this process ends
+    try:
+        store = Store.open(Path(spec["store"]))
+        supervisor = Supervisor(store, name, Report(-1))
+        supervisor.record = state.Record.from_json(spec["record"])
+        supervisor.stop_requested = bool(spec["stop_requested"])
+        supervisor.release_network = True
+        status = supervisor.resume(int(spec["status"]), [float(t) for t in spec["reboots"]])
+    except RealmsError as error:
+        note(f"error: {error.message}")
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -13,8 +13,12 @@ Removal works on a full store: taking a lock writes nothing (:mod:`realms.store.
 space of what was deleted is free again when the command returns.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from realms.store.core import DEFAULT_STORE, STORE_ENV, STORE_FORMAT, Store, locate, write_toml
-from realms.store.init import DEFAULT_POOL_SIZE, InitResult, init, make_private
 from realms.store.layout import (
     DELETED_PREFIX,
     NEW_PREFIX,
@@ -22,10 +26,29 @@ from realms.store.layout import (
     WORKING_PREFIX,
     Layout,
 )
-from realms.store.space import out_of_space_error, out_of_space_hint
+
+if TYPE_CHECKING:
+    from realms.store.space import out_of_space_error, out_of_space_hint
+
+# Imported when first used: only a full disk needs the words. (``realms init``'s function is
+# imported from realms.store.init itself: a package attribute named like a submodule would
+# become the submodule once that is imported.)
+_LAZY = {
+    "out_of_space_error": "realms.store.space",
+    "out_of_space_hint": "realms.store.space",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
-    "DEFAULT_POOL_SIZE",
     "DEFAULT_STORE",
     "DELETED_PREFIX",
     "NEW_PREFIX",
@@ -33,12 +56,9 @@ __all__ = [
     "STORE_FORMAT",
     "TEMPORARY_PREFIXES",
     "WORKING_PREFIX",
-    "InitResult",
     "Layout",
     "Store",
-    "init",
     "locate",
-    "make_private",
     "out_of_space_error",
     "out_of_space_hint",
     "write_toml",

@@ -1,23 +1,27 @@
 """The store: one object for an opened store, its paths and locks (:mod:`realms.store.layout`),
 its storage backend, its global config, and the safe changes of :mod:`realms.store.txn`.
+
+The config and the safe changes are imported when first used: ``realms stop`` or a ``realms
+run`` that joins a running realm needs neither, and their imports (TOML, the settings, the
+zones, the mount and subprocess helpers) would be most of such a command's start-up.
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tomli_w
-
-from realms import config, log
+from realms import log
 from realms.errors import InvalidInput, RealmsError
 from realms.storage import Backend, backend_named
-from realms.store import txn
 from realms.store.layout import Layout, pool_image
-from realms.system.fs import atomic_write
+
+if TYPE_CHECKING:
+    from realms.config import GlobalConfig
 
 DEFAULT_STORE = Path("/var/lib/realms")
 STORE_ENV = "REALMS_STORE"
@@ -32,6 +36,10 @@ def locate(path: str | Path | None = None) -> Path:
 
 
 def write_toml(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
+    import tomli_w
+
+    from realms.system.fs import atomic_write
+
     atomic_write(path, tomli_w.dumps(data), mode)
 
 
@@ -40,7 +48,7 @@ class Store(Layout):
     """An opened store: its paths and locks (inherited from :class:`Layout`), its backend."""
 
     backend: Backend = field(kw_only=True)
-    _config: config.GlobalConfig | None = field(default=None, repr=False, kw_only=True)
+    _config: GlobalConfig | None = field(default=None, repr=False, kw_only=True)
 
     @classmethod
     def open(cls, root: Path) -> Store:
@@ -58,7 +66,10 @@ class Store(Layout):
                 f"no realms store at {root}",
                 hint="run 'realms init' to create one, or choose another with --store",
             )
-        data = config.read_toml(marker)
+        try:
+            data = tomllib.loads(marker.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            data = {}
         backend = data.get("backend")
         if data.get("format") != STORE_FORMAT or backend not in BACKENDS:
             raise InvalidInput(f"{marker}: not a realms store of format {STORE_FORMAT}")
@@ -70,34 +81,48 @@ class Store(Layout):
         return cls(root, backend=backend_named(str(backend)))
 
     @property
-    def config(self) -> config.GlobalConfig:
+    def config(self) -> GlobalConfig:
         if self._config is None:
-            self._config = config.load_global(self.config_path)
+            from realms.config import load_global
+
+            self._config = load_global(self.config_path)
         return self._config
 
     # Safe changes (realms.store.txn)
 
     def staging(self, target: Path, what: str) -> AbstractContextManager[Path]:
         """A temporary path beside ``target``, renamed to it when the block succeeds."""
+        from realms.store import txn
+
         return txn.staging(self, self.backend, target, what)
 
     def discard(self, path: Path) -> None:
         """Make ``path`` disappear at once (a rename), then delete it."""
+        from realms.store import txn
+
         txn.discard(self.backend, path)
 
     def remove(self, path: Path) -> None:
         """Remove a tree this store made (unmounting what a killed command left inside it)."""
+        from realms.store import txn
+
         txn.remove(self, self.backend, path)
 
     def sweep(self) -> int:
         """The one sweep: delete the leftovers of killed commands (see :mod:`realms.store.txn`);
         every command that changes the store calls it first."""
+        from realms.store import txn
+
         return txn.sweep(self, self.backend)
 
     def leftovers(self) -> list[Path]:
         """What :meth:`sweep` looks at: every temporary name in the store."""
+        from realms.store import txn
+
         return txn.leftovers(self)
 
     def reclaim(self) -> None:
         """Wait until the space of deleted trees is free again (errors only logged)."""
+        from realms.store import txn
+
         txn.reclaim_quietly(self, self.backend)

@@ -76,6 +76,9 @@ def _command_line(pid: int) -> str:
     except OSError:
         return ""
     text = " ".join(w.decode(errors="replace") for w in words)
+    # The supervisor of a started realm, once it waits (realms.lifecycle.watch).
+    if " -c import sys;sys.path.insert(0,sys.argv[1]);from realms.lifecycle import " in text:
+        return f"the supervisor of realm {words[-1].decode(errors='replace')}"
     # Python runs realms as "python -m realms ...": show it as the command a person typed.
     for prefix in ("-m realms ", "/realms "):
         if prefix in text:
@@ -135,6 +138,21 @@ def _open(path: Path) -> int:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+
+
+def own_descriptor(path: Path) -> int | None:
+    """The descriptor of this process that has the lock file at ``path`` open (the one holding
+    the lock, when this process holds it): a process that executes another program keeps its
+    locks by keeping that descriptor open across the exec."""
+    info = os.stat(path)
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            other = os.stat(f"/proc/self/fd/{entry}")
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
+            return int(entry)
+    return None
 
 
 def is_free(path: Path) -> bool:
