@@ -23,5 +23,6 @@ BENCHMARKS = (
     "registry",
     "booted",
     "health",
+    "rebase",
 )
 """The benchmarks, in the order bench/README.md describes them."""
