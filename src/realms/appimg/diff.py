@@ -25,11 +25,13 @@ does not keep (mtimes are compared in whole seconds when either version is an ex
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import os
 import stat
 import struct
 from collections.abc import Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +54,10 @@ filesystem nests this deep (its paths would pass PATH_MAX)."""
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CHUNK = 1 << 20
+# Files are compared on a few threads (pread releases the GIL): reads from a cold cache
+# overlap. At most this many comparisons wait, each holding two descriptors.
+_THREADS = 4
+_IN_FLIGHT = 64
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,9 @@ class Side:
     root: Path
     ext4: bool = False
     """An ext4 image: its mtimes have whole seconds, mkfs made its /lost+found."""
+    filesystem: str | None = None
+    """Names the filesystem the tree is on, where it is known to be one with another side's
+    (the trees of one store: btrfs gives each subvolume a device number of its own)."""
 
 
 def compare_trees(old: Path | Side, new: Path | Side) -> TreeDiff:
@@ -94,10 +103,12 @@ def compare_trees(old: Path | Side, new: Path | Side) -> TreeDiff:
     absolute inside the trees ("/" is the root itself), in the order of a sorted walk."""
     first = old if isinstance(old, Side) else Side(old)
     second = new if isinstance(new, Side) else Side(new)
-    walk = _Walk(seconds=first.ext4 or second.ext4)
+    same = first.filesystem is not None and first.filesystem == second.filesystem
     skip_old = ("lost+found",) if first.ext4 else ()
     skip_new = ("lost+found",) if second.ext4 else ()
     with ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(_THREADS, thread_name_prefix="diff"))
+        walk = _Walk(pool, seconds=first.ext4 or second.ext4, one_filesystem=same)
         fd_old = _open_root(first.root, stack)
         fd_new = _open_root(second.root, stack)
         # mkfs.ext4 sets the root's mtime when it makes /lost+found there.
@@ -105,7 +116,7 @@ def compare_trees(old: Path | Side, new: Path | Side) -> TreeDiff:
         root_old, root_new = os.fstat(fd_old), os.fstat(fd_new)
         walk.compare("/", root_old, root_new, _Where(fd_old), _Where(fd_new), mtime=mtime)
         walk.directories(fd_old, fd_new, "/", 1, skip_old=skip_old, skip_new=skip_new)
-    return TreeDiff(walk.added, walk.removed, walk.changed)
+        return TreeDiff(walk.added, walk.removed, walk.finish())
 
 
 def _open_root(root: Path, stack: ExitStack) -> int:
@@ -134,11 +145,54 @@ class _Where:
 
 
 class _Walk:
-    def __init__(self, *, seconds: bool) -> None:
+    def __init__(
+        self, pool: ThreadPoolExecutor, *, seconds: bool, one_filesystem: bool = False
+    ) -> None:
+        self.pool = pool
         self.seconds = seconds
+        self.one_filesystem = one_filesystem
         self.added: list[str] = []
         self.removed: list[str] = []
-        self.changed: list[Changed] = []
+        # In walk order: a path, what changed but its content, whether its content is equal.
+        self.found: list[tuple[str, list[str], Future[bool] | None]] = []
+        self.in_flight: collections.deque[Future[bool]] = collections.deque()
+
+    def finish(self) -> list[Changed]:
+        changed = []
+        for path, what, same in self.found:
+            try:
+                if same is not None and not same.result():
+                    what.append("content")
+            except OSError as error:
+                raise _failed(path, error) from None
+            if what:
+                changed.append(Changed(path, sorted(what, key=WHAT.index)))
+        return changed
+
+    def _content(
+        self, old: os.stat_result, new: os.stat_result, at_old: _Where, at_new: _Where, path: str
+    ) -> Future[bool] | None:
+        """Whether two regular files hold the same bytes: None when their sizes tell, else
+        the answer to come."""
+        if old.st_size != new.st_size:
+            return _done(False)
+        if old.st_size == 0:
+            return None
+        while len(self.in_flight) >= _IN_FLIGHT:
+            self.in_flight.popleft().exception()  # waits; a failure is raised by finish
+        shared = self.one_filesystem or old.st_dev == new.st_dev
+        try:
+            fd_old = os.open(at_old.name, _FILE, dir_fd=at_old.directory)
+            try:
+                fd_new = os.open(at_new.name, _FILE, dir_fd=at_new.directory)
+            except BaseException:
+                os.close(fd_old)
+                raise
+        except OSError as error:
+            raise _failed(path, error) from None
+        future = self.pool.submit(_same_content, fd_old, fd_new, extents=shared)
+        self.in_flight.append(future)
+        return future
 
     def directories(
         self,
@@ -205,12 +259,12 @@ class _Walk:
         mtime: bool = True,
     ) -> None:
         what = []
+        same = None
         kind = stat.S_IFMT(old.st_mode)
         if kind != stat.S_IFMT(new.st_mode):
             what.append("type")
         elif stat.S_ISREG(kind):
-            if not _same_content(old, new, at_old, at_new, path):
-                what.append("content")
+            same = self._content(old, new, at_old, at_new, path)
         elif stat.S_ISLNK(kind):
             if _readlink(at_old, path) != _readlink(at_new, path):
                 what.append("target")
@@ -228,8 +282,8 @@ class _Walk:
             what.append("mtime")
         if _xattrs(at_old, path) != _xattrs(at_new, path):
             what.append("xattrs")
-        if what:
-            self.changed.append(Changed(path, sorted(what, key=WHAT.index)))
+        if what or same is not None:
+            self.found.append((path, what, same))
 
 
 def _join(path: str, name: str) -> str:
@@ -285,29 +339,23 @@ def _xattrs(at: _Where, path: str) -> dict[str, bytes]:
         raise _failed(path, error) from None
 
 
-def _same_content(
-    old: os.stat_result, new: os.stat_result, at_old: _Where, at_new: _Where, path: str
-) -> bool:
-    if old.st_size != new.st_size:
-        return False
-    if old.st_size == 0:
-        return True
+def _done(value: bool) -> Future[bool]:
+    future: Future[bool] = Future()
+    future.set_result(value)
+    return future
+
+
+def _same_content(fd_old: int, fd_new: int, *, extents: bool) -> bool:
+    """Whether two open files of one size hold the same bytes; closes them."""
     try:
-        fd_old = os.open(at_old.name, _FILE, dir_fd=at_old.directory)
-        try:
-            fd_new = os.open(at_new.name, _FILE, dir_fd=at_new.directory)
-            try:
-                # Clones on one btrfs filesystem (a version and its update) share their
-                # extents: equal without reading a byte.
-                if old.st_dev == new.st_dev and same_extents(fd_old, fd_new):
-                    return True
-                return _same_bytes(fd_old, fd_new)
-            finally:
-                os.close(fd_new)
-        finally:
-            os.close(fd_old)
-    except OSError as error:
-        raise _failed(path, error) from None
+        # Clones on one btrfs filesystem (a version and its update) share their extents:
+        # equal without reading a byte.
+        if extents and same_extents(fd_old, fd_new):
+            return True
+        return _same_bytes(fd_old, fd_new)
+    finally:
+        os.close(fd_old)
+        os.close(fd_new)
 
 
 def _same_bytes(fd_old: int, fd_new: int) -> bool:
@@ -398,7 +446,7 @@ def _side(store: Store, name: str, version: Version, stack: ExitStack) -> Side:
     released again when ``stack`` closes if this command activated it."""
     path = store.version_path(name, version)
     if version.kind == ImageKind.TREE:
-        return Side(path)
+        return Side(path, filesystem="store")
     from realms import activation
     from realms.image import filesystem
     from realms.image.header import HEADER_SIZE

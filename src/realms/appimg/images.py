@@ -81,6 +81,9 @@ def seal(
             # A snapshot of the tree, so that nothing (a prune) can take it away meanwhile.
             tree = work / "tree"
             store.backend.clone(store.version_path(name, base), tree)
+            # Read-only, so that reading it (the filesystem's maker does) changes no atime:
+            # mkfs.ext4 -d copies them, and the same tree must give the same image.
+            store.backend.freeze(tree)
             image = work / "image.img"
             realmfs.seal_tree(
                 tree,

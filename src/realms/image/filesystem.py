@@ -11,8 +11,10 @@ image header.
 Made with :class:`Fixed` (a seal with a given salt), the same tree gives the same bytes: the
 random parts (filesystem UUID, ext4's directory hash seed) come from it, and so do the times
 the tools write (ext4's superblock times through ``E2FSPROGS_FAKE_TIME`` and ``E2FSCK_TIME``,
-erofs's build time through ``SOURCE_DATE_EPOCH``). Both tools already lay a directory out in
-name order, whatever order the tree's directories list their entries in. erofs-utils 1.5's
+erofs's build time through ``SOURCE_DATE_EPOCH``). ext4 inodes also hold an atime and a
+ctime, which ``mkfs.ext4 -d`` copies from the tree (when the files were last read and written
+there, not what they hold): they are set to that time afterwards. Both tools lay a directory
+out in name order, whatever order the tree's directories list their entries in. erofs-utils 1.5's
 ``-T`` sets every file's mtime, so it is not used: ``SOURCE_DATE_EPOCH`` only clamps mtimes
 from its second on, and a second after :func:`newest_mtime` clamps none.
 """
@@ -121,6 +123,8 @@ def make_ext4(tree: Path, target: Path, label: str, fixed: Fixed | None = None) 
             size = size * 3 // 2
     else:
         raise RealmsError(f"could not make an ext4 filesystem large enough for {tree}")
+    if fixed:
+        _fix_times(target, fixed)
     # resize2fs wants a freshly checked filesystem; -M shrinks it to the minimum.
     checked = run(["e2fsck", "-f", "-y", target], check=False, env=env)
     if checked.returncode not in (0, 1):  # 1: e2fsck corrected something, as it may
@@ -133,6 +137,24 @@ def make_ext4(tree: Path, target: Path, label: str, fixed: Fixed | None = None) 
     blocks = int(match[1])
     os.truncate(target, blocks * BLOCK_SIZE)
     return blocks
+
+
+def _fix_times(target: Path, fixed: Fixed) -> None:
+    """Set the atime and ctime of every inode of the ext4 filesystem ``target`` to
+    ``fixed.time``: mkfs.ext4 -d (e2fsprogs 1.47.0) copies them from the tree, where they
+    differ between two copies of the same files (ctime is when a file was written there)."""
+    env = fixed.ext4_env()
+    dump = str(run(["dumpe2fs", "-h", target], env=env).stdout)
+    match = re.search(r"^Inode count:\s+(\d+)", dump, re.MULTILINE)
+    if not match:
+        raise RealmsError(f"dumpe2fs did not say the inode count of {target}")
+    asked = "".join(f"testi <{number}>\n" for number in range(1, int(match[1]) + 1))
+    answers = str(run(["debugfs", "-f", "-", target], input=asked, env=env).stdout)
+    used = re.findall(r"^Inode (\d+) is marked in use", answers, re.MULTILINE)
+    script = "".join(
+        f"sif <{number}> {field} @{fixed.time}\n" for number in used for field in ("atime", "ctime")
+    )
+    run(["debugfs", "-w", "-f", "-", target], input=script, env=env)
 
 
 def make_erofs(tree: Path, target: Path, label: str, fixed: Fixed | None = None) -> int:
