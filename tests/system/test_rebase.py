@@ -275,3 +275,27 @@ def test_restart_is_refused_for_a_one_shot_run(realms: Realms, base: str) -> Non
         running.send_signal(signal.SIGTERM)
         running.communicate(timeout=30)
     assert _listed(realms, "r1")["appimg_version"] == 1
+
+
+def test_restart_rebases_a_booted_realm(btrfs_pool: Path, bootable_tree: Path) -> None:
+    from tests.system.booted import assert_stopped_clean, show, store_with_boot_image
+
+    realms = store_with_boot_image(btrfs_pool, bootable_tree, "rebase")
+    realms("new", "booted", "--appimg", "boot")
+    (realms.store / "realms/booted/rootfs/etc/machine-id").write_text(MACHINE_ID + "\n")
+    realms("update-appimg", "boot", "--", "touch", "/etc/v2")
+    realms("start", "booted")
+    try:
+        leader = show(realms, "booted")["leader_pid"]
+        error = realms.fails("rebase", "booted")
+        assert "is running" in error
+        (result,) = realms.json("rebase", "booted", "--restart")
+        assert result["restarted"] is True and result["to_version"] == 2
+        shown = show(realms, "booted")
+        assert shown["state"] == "running" and shown["leader_pid"] != leader
+        assert shown["appimg_version"] == 2
+        out = realms("run", "booted", "--", "sh", "-c", "cat /etc/machine-id; ls /etc/v2")
+        assert out.stdout.split() == [MACHINE_ID, "/etc/v2"]
+    finally:
+        realms("stop", "booted")
+    assert_stopped_clean(realms, "booted")
