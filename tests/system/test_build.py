@@ -168,8 +168,8 @@ def test_failing_builds_leave_the_store_as_it_was(build_store: Realms, tmp_path:
     config.write_text('name = "small"\npackages = ["sudo", "no-such-package-realms"]\n')
     result = realms("appimg", "build", str(config), check=False)
     assert result.returncode == 1
-    # Without a script of its own before the packages, they are installed with the base system.
-    assert "failed in stage 'bootstrap'" in result.stderr
+    # The packages are installed in a stage of their own, after the (cached) bootstrap.
+    assert "failed in stage 'packages'" in result.stderr
     assert "Unable to locate package no-such-package-realms" in result.stderr
     assert realms.json("appimg", "list") == before
     assert [e.name for e in (realms.store / "build").iterdir()] == []
