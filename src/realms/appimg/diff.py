@@ -434,7 +434,10 @@ def diff_appimg(store: Store, name: str, v1: int, v2: int) -> TreeDiff:
             return TreeDiff()
         with ExitStack() as stack:
             if old.kind.is_image or new.kind.is_image:
+                from realms import activation
+
                 stack.enter_context(store.activation_lock(name))
+                activation.release_unused(store, name)  # a killed command's, a diff's too
             first = _side(store, name, old, stack)
             second = _side(store, name, new, stack)
             with log.step(f"Comparing versions {v1} and {v2} of appimg {name}"):
