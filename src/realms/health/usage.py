@@ -1,10 +1,11 @@
 """``realms df``: the bytes each appimg version, realm, cache and leftover holds.
 
 Each object is measured once, all in one go (:mod:`realms.health.measure`: btrfs qgroups where
-they are enabled, else ``btrfs filesystem du``, plain ``du`` on the copy backend), as two
-numbers: the bytes it holds **exclusively** (what deleting it would free) and the bytes it
-**shares** with other objects (a realm made from a version shares all of that version's files
-until it changes them). The objects:
+they are enabled; else ``btrfs filesystem du``, except for snapshots of a tree measured too (a
+realm's root, a version updated from another one), measured from what changed in them since;
+plain ``du`` on the copy backend), as two numbers: the bytes it holds **exclusively** (what
+deleting it would free) and the bytes it **shares** with other objects (a realm made from a
+version shares all of that version's files until it changes them). The objects:
 
 - every version of every appimg (its tree, or its image file), and a kept update;
 - every realm: its root (a tree realm's ``rootfs``, an image realm's writable ``upper``
@@ -17,7 +18,9 @@ until it changes them). The objects:
   the rest.
 
 Exclusive bytes add up to a lower bound of what the objects hold together; shared bytes count
-the same extents once per object that shares them, so they do not add up.
+the same extents once per object that shares them, so they do not add up. A row measured from
+its changes says that its shared bytes are an estimate (``shared_estimated``): its exclusive
+bytes are exact.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ class Usage:
     path: str = ""
     note: str = ""
     """``current``, ``pinned`` (versions)."""
+    shared_estimated: bool = False
+    """Measured from what changed since its snapshot (see :mod:`realms.health.measure`)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +57,7 @@ class Usage:
             "kind": self.kind,
             "exclusive": self.exclusive,
             "shared": self.shared,
+            "shared_estimated": self.shared_estimated,
             "path": self.path,
             "note": self.note,
         }
@@ -135,7 +141,15 @@ def disk_usage(store: Store) -> DiskUsage:
     objects = []
     for row in rows:
         found = total(row.paths)
-        usage = Usage(row.name, row.kind, found.exclusive, found.shared, str(row.path), row.note)
+        usage = Usage(
+            row.name,
+            row.kind,
+            found.exclusive,
+            found.shared,
+            str(row.path),
+            row.note,
+            found.changes,
+        )
         objects.append(usage)
     caches_found = {}
     for name, count in caches.items():
@@ -222,8 +236,16 @@ def _realms(store: Store) -> list[_Wanted]:
 
 def method_line(result: DiskUsage) -> str:
     """How the numbers were measured, in words."""
-    return {
+    line = {
         "qgroups": "btrfs qgroups (subvolumes); btrfs filesystem du (other files)",
         "filesystem du": "btrfs filesystem du (quotas are not enabled on this filesystem)",
         DU: "du (copy backend: nothing is known to be shared)",
     }.get(result.method, result.method)
+    estimated = sum(u.shared_estimated for u in result.objects)
+    if estimated:
+        line += (
+            f"; {estimated} snapshots (realm roots, updated versions) from what changed in "
+            "them since they were made (btrfs tree search, as find-new): exclusive exact, "
+            "shared estimated"
+        )
+    return line
