@@ -6,7 +6,9 @@ versions (each an update that writes a small file; keep-versions = 20 keeps them
 100 realms spread over the versions (5 made after each version), every tenth one with 1 MiB
 of its own. :func:`time_command` times a whole realms command line on it (median of
 ``--runs``). Other store-wide commands (``realms check``) add their measurement here with
-these two functions.
+these two functions. :func:`compare_with_walk` times the full ``btrfs filesystem du`` walk of
+the versions, roots and homes (what ``realms df`` did before it measured snapshots from their
+changes) and gives df's largest difference from it, row by row.
 
 Targets (issue 15): ``realms df`` under 3 s, ``realms check`` under 2 s.
 """
@@ -14,6 +16,7 @@ Targets (issue 15): ``realms df`` under 3 s, ``realms check`` under 2 s.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -93,6 +96,33 @@ def time_command(store: Path, args: Sequence[str], runs: int) -> list[float]:
     return samples
 
 
+def compare_with_walk(store: Path) -> dict[str, Any]:
+    """``realms df``'s numbers against one ``btrfs filesystem du`` walk of every version, root
+    and home (the truth, and the old method's cost): the walk's seconds, how many rows df
+    measured from their changes, the largest differences in bytes."""
+    rows = json.loads(_realms(store, "df", "--json"))["objects"]
+    rows = [r for r in rows if r["kind"] in ("version", "root", "home")]
+    started = time.perf_counter()
+    output = subprocess.run(
+        ["btrfs", "filesystem", "du", "--raw", "-s", *(r["path"] for r in rows)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    walk = time.perf_counter() - started
+    truth = {}
+    for line in output.splitlines()[1:]:
+        _total, exclusive, shared, name = line.split(maxsplit=3)
+        truth[name] = (int(exclusive), int(shared))
+    return {
+        "walk_seconds": walk,
+        "rows": len(rows),
+        "estimated_rows": sum(bool(r.get("shared_estimated")) for r in rows),
+        "max_exclusive_error": max(abs(r["exclusive"] - truth[r["path"]][0]) for r in rows),
+        "max_shared_error": max(abs(r["shared"] - truth[r["path"]][1]) for r in rows),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs of each command")
@@ -112,15 +142,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         files = sum(len(f) for _d, _s, f in os.walk(store / "appimg/base/v1"))
         results: dict[str, Any] = {}
-        for name, command in (("df", ["df", "--json"]), ("check", ["check", "--json"])):
+        commands = (
+            ("df", ["df", "--json"]),
+            ("check", ["check", "--json"]),
+            ("gc --dry-run", ["gc", "--dry-run", "--json"]),
+        )
+        for name, command in commands:
             samples = time_command(store, command, args.runs)
             results[name] = {"samples": samples, "median": statistics.median(samples)}
+        accuracy = compare_with_walk(store)
     rows = [
         [f"realms {name}", f"{r['median']:.2f}", f"{min(r['samples']):.2f}"]
         for name, r in results.items()
     ]
     print(f"store: {args.realms} realms, {args.versions} versions, {files} files per tree")
     print_table(["command", "median s", "min s"], rows, left=1)
+    print(
+        f"df vs a full btrfs filesystem du walk ({accuracy['walk_seconds']:.2f} s, "
+        f"{accuracy['rows']} versions, roots and homes, {accuracy['estimated_rows']} measured "
+        f"from their changes): largest difference {accuracy['max_exclusive_error']} bytes "
+        f"exclusive, {accuracy['max_shared_error']} bytes shared"
+    )
     df_median = results["df"]["median"]
     check_median = results["check"]["median"]
     print_targets(
@@ -137,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tree_mb": args.tree_mb,
         "files_per_tree": files,
         "results": results,
+        "df_vs_walk": accuracy,
     }
     write_results(args.output, record("health", machine, body, began))
     return 0

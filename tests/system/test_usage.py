@@ -1,10 +1,12 @@
 """``realms df``: the numbers add up (a realm shares its version's files until it writes its
 own), each method says what it is (btrfs filesystem du, qgroups on a pool with quotas, du on
-the copy backend), and caches, leftovers, removed homes and what gc would free are counted."""
+the copy backend), and caches, leftovers, removed homes and what gc would free are counted.
+Snapshots measured from what changed in them agree with a full ``btrfs filesystem du``."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -52,9 +54,14 @@ def _assert_sharing(realms: Realms) -> None:
 
 def test_a_realm_shares_its_version_until_it_writes(realms: Realms, base: str) -> None:
     _assert_sharing(realms)
-    assert realms.json("df")["method"] == "filesystem du"
+    report = realms.json("df")
+    assert report["method"] == "filesystem du"
+    # The realm's root is a snapshot of its version: measured from what it changed.
+    assert _row(report, "dev", "root")["shared_estimated"] is True
+    assert _row(report, "base v1", "version")["shared_estimated"] is False
     text = realms("df").stdout
     assert "measured with: btrfs filesystem du" in text
+    assert "1 snapshots (realm roots, updated versions) from what changed" in text
     assert (
         "dev" in text
         and "MiB" in text
@@ -126,3 +133,59 @@ def test_caches_leftovers_removed_homes_and_what_gc_frees(realms: Realms, base: 
     text = realms("df").stdout
     assert "removed/ holds 1 homes" in text and "realms gc never frees them" in text
     assert "would free 4.0 MiB" in text
+
+
+def _truth(paths: list[str]) -> dict[str, tuple[int, int]]:
+    """Exclusive and shared bytes of each path by a full ``btrfs filesystem du`` walk."""
+    found = {}
+    for line in run("btrfs", "filesystem", "du", "--raw", "-s", *paths).splitlines()[1:]:
+        _total, exclusive, shared, name = line.split(maxsplit=3)
+        found[name] = (int(exclusive), int(shared))
+    return found
+
+
+def test_snapshots_measured_from_their_changes_agree_with_a_full_walk(
+    realms: Realms, busybox_tree: Path, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(busybox_tree, tree, symlinks=True)
+    (tree / "data/docs").mkdir(parents=True)
+    for name, size in (("a", 3 * MIB), ("b", MIB), ("c", 2 * MIB)):
+        (tree / "data" / name).write_bytes(os.urandom(size))
+    for index in range(10):
+        (tree / f"data/docs/{index}").write_bytes(os.urandom(100_000))
+    realms("appimg", "import", "base", str(tree))
+    realms("new", "old")
+    # Like a package upgrade: a tree deleted, a file replaced by a new one, one rewritten in place.
+    script = (
+        "rm -r /data/docs && head -c 500000 /dev/urandom > /data/b.new && mv /data/b.new /data/b"
+        " && head -c 65536 /dev/urandom | dd of=/data/a bs=65536 seek=4 conv=notrunc"
+    )
+    realms("update-appimg", "base", "--", "sh", "-c", script)
+    realms("new", "fresh")
+    _write(realms, "old", "/big", 10)
+    old = realms.store / "realms/old/rootfs"
+    (old / "data/c").unlink()
+    with (old / "data/a").open("r+b") as file:
+        file.seek(MIB)
+        file.write(os.urandom(128 << 10))
+    # A reflinked copy of a file of the version shares its bytes, it does not add any.
+    run("cp", "--reflink=always", old / "data/b", old / "data/b-copy")
+    _write(realms, "fresh", "/mine", 2)
+    realms("snapshot", "fresh", "one")
+    _write(realms, "fresh", "/later", 1)
+
+    report = realms.json("df")
+    measured = [r for r in report["objects"] if r["kind"] in ("version", "root")]
+    truth = _truth([r["path"] for r in measured])
+    estimated = {(r["object"], r["kind"]) for r in measured if r["shared_estimated"]}
+    assert estimated == {("base v2", "version"), ("old", "root"), ("fresh", "root")}
+    for row in measured:
+        exclusive, shared = truth[row["path"]]
+        assert row["exclusive"] == exclusive, (row, truth[row["path"]])
+        assert abs(row["shared"] - shared) <= 64 << 10, (row, truth[row["path"]])
+    assert 10 * MIB <= _row(report, "old", "root")["exclusive"] < 11 * MIB
+    # /mine is shared with the snapshot taken after it, /later is the root's alone.
+    fresh = _row(report, "fresh", "root")
+    assert MIB <= fresh["exclusive"] < MIB + (256 << 10)
+    assert _row(report, "fresh", "snapshots")["exclusive"] < 256 << 10
