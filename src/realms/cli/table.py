@@ -684,8 +684,10 @@ COMMANDS: tuple[Group | Command, ...] = (
         "usage_handlers.df",
         "For every appimg version and realm: the bytes it holds alone (exclusive) and the "
         "bytes it shares with others, measured with btrfs qgroups where they are enabled and "
-        "'btrfs filesystem du' otherwise (the output says which); then the caches, the "
-        "leftovers, and what 'realms gc' would free.",
+        "'btrfs filesystem du' otherwise, except that a realm's root or an updated version is "
+        "measured from what changed in it since its snapshot was made (its shared bytes "
+        "estimated; the output says which); then the caches, the leftovers, and what "
+        "'realms gc' would free.",
         (JSON,),
     ),
     Command(

@@ -5,7 +5,9 @@ Disk usage and garbage collection (``df``, ``gc``):
 
 - :mod:`.measure` measures many paths in one go: btrfs qgroups where the filesystem has quotas
   (never enabled by realms), else one ``btrfs filesystem du`` call, plain ``du`` on the copy
-  backend; each path gets the bytes it holds alone (exclusive) and the bytes it shares.
+  backend; each path gets the bytes it holds alone (exclusive) and the bytes it shares. Without
+  quotas, a snapshot of a read-only tree measured too (a realm's root, an updated version) is
+  measured from what changed in it since (:mod:`.changes`: btrfs tree searches, no walk).
 - :mod:`.references` reads what the records refer to: versions, their build keys, the registry
   blobs their cached manifests name, and which builds run now.
 - :mod:`.gc` plans what nothing refers to (leftovers whose owners' locks are free, versions
