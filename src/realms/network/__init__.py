@@ -18,8 +18,6 @@ and release) removes.
 
 from __future__ import annotations
 
-import shutil
-import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, Any
@@ -172,6 +170,8 @@ def reconcile(store: Store) -> None:
 def _interfaces() -> set[str]:
     """The network interfaces of this process's network namespace (not /sys's: a namespace
     entered without mounting its own sysfs shows another's there)."""
+    import socket
+
     return {interface for _, interface in socket.if_nameindex()}
 
 
@@ -191,6 +191,8 @@ def _sync(store: Store, starting: str | None = None) -> None:
     for zone in sorted(set(found) - in_use):
         bridge.remove(zone)
     if not in_use:
+        import shutil
+
         if shutil.which("nft"):
             nft.unload()
         return

@@ -242,10 +242,12 @@ class Layout:
 
     @property
     def runtime_key(self) -> str:
-        """A short name of this store that is the same for every path that reaches it."""
-        import hashlib
+        """A short name of this store that is the same for every path that reaches it: the
+        CRC-32 of its real path (a few stores on one machine; hashlib would load OpenSSL at the
+        start of every command that finds a running realm)."""
+        import zlib
 
-        return hashlib.sha256(os.fsencode(os.path.realpath(self.root))).hexdigest()[:12]
+        return f"{zlib.crc32(os.fsencode(os.path.realpath(self.root))):08x}"
 
     @property
     def runtime_dir(self) -> Path:
