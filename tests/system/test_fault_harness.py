@@ -68,7 +68,7 @@ def test_stress_fault_run(
     expression = str(request.config.getoption("-m") or "")
     if "stress" not in expression or "not stress" in expression:
         pytest.skip("the long fault run: select it with -m stress")
-    rounds = int(os.environ.get("REALMS_FAULTS_ROUNDS", "600"))
+    rounds = int(os.environ.get("REALMS_FAULTS_ROUNDS", "900"))
     counts = _run(tmp_path, busybox_tree, rounds=rounds, seed=2026, enospc_every=10, run_every=10)
     report = os.environ.get("REALMS_FAULTS_REPORT")
     if report:
