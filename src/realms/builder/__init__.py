@@ -13,6 +13,9 @@ declarative config.
 - :mod:`~realms.builder.modules`: the steps before and after the packages, as scripts; each
   built-in module declared once.
 - :mod:`~realms.builder.job`: one build's log, its stages, and running things in the image.
-- :mod:`~realms.builder.cache`: downloaded packages and finished builds, kept in the store.
-- :mod:`~realms.builder.build`: the stages in order, the cache, the commit.
+- :mod:`~realms.builder.cache`: downloaded packages, bootstrap stages and finished builds, kept
+  in the store.
+- :mod:`~realms.builder.stages`: the stage cache's keys, and why a stage hits or misses.
+- :mod:`~realms.builder.reproducible`: the epoch, the per-build files, the clamp of times.
+- :mod:`~realms.builder.build`: the stages in order, the caches, the commit.
 """
