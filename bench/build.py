@@ -1,53 +1,59 @@
-"""How long ``realms appimg build`` takes: a first build against a bare ``mmdebstrap`` of the same
-packages, and a rebuild with unchanged inputs.
+"""How long ``realms appimg build`` takes: a cold build against a bare ``mmdebstrap`` of the same
+packages, a build with one package more on an unchanged mirror (the stage cache), and rebuilds
+with unchanged inputs (the mirror's state checked).
 
 On a btrfs filesystem of its own (a sparse image file, loop-mounted under a temporary directory)
 this benchmark times, round by round:
 
-- ``realms appimg build (first)``: ``realms appimg build`` with the default config (the appimg
+- ``realms appimg build (cold)``: ``realms appimg build`` with the default config (the appimg
   ``base``: Debian trixie, minbase, the default packages, a user, a locale) into a *fresh store*
-  made with ``realms init`` just before (untimed): the package cache and the build cache are
-  empty, so this is a user's first build, downloads included. ``--rebuild`` is not passed: with
-  a fresh store it would change nothing. The steps realms prints (bootstrap, modules, apt,
-  cleanup, commit) are timed from when their lines arrive;
+  made with ``realms init`` just before (untimed): the package cache, the stage cache and the
+  build cache are empty, so this is a user's first build, downloads included. The steps realms
+  prints (bootstrap, modules, apt, the stage cache, install, cleanup, commit) are timed from
+  when their lines arrive;
 - ``mmdebstrap (bare)``: ``mmdebstrap --variant=minbase --include=PACKAGES trixie DIR MIRROR``,
   with the same packages as the default config and the mirror realms uses (the host's Debian
   mirror, ``realms.system.apt.host_debian_mirror()``), into an empty directory (a subvolume of
   its own), with no package cache either: how a user runs it by hand;
 - ``realms appimg build (up to date)``: ``realms -q appimg build`` again on the store of this
-  round's first build, inputs unchanged: the current version was built from them, so nothing
-  is done;
+  round's cold build, config and mirror unchanged: the mirror's Release files are asked for
+  (conditional GETs), the key is the current version's, so nothing is built;
 - ``realms appimg build same-inputs.toml (cached)``: ``realms -q appimg build FILE`` on the same
   store, where FILE says only ``name = "copy"`` and ``hostname = "base"``: the default config's
-  inputs under another appimg name, so the cached result of the first build becomes version 1
+  inputs under another appimg name, so the cached result of the cold build becomes version 1
   of ``copy`` by a snapshot;
-- ``realms appimg build --name other``: the same command with ``--name other``. This is *not* a
-  cache hit: the default hostname is the appimg's name (``with_name`` in
-  ``realms.builder.config``), and the hostname is one of the inputs, so ``other`` is built again
-  (with the package cache the round's first build filled; the script records which it was).
+- ``realms appimg build plus-one.toml (+1 package)``: the default config with one package more
+  (``file``), as appimg ``plus`` (hostname ``base``, so that the modules before the packages
+  are the same) on the same store, with ``--explain``: the bootstrap comes from the stage cache
+  (checked: ``bootstrap: hit``), and one apt transaction installs the package list, with the
+  package cache warm.
 
-Each round runs these five in this order (``--runs`` rounds, 3 by default, after ``--warmup``
-untimed rounds, none by default: a warm-up would only warm the mirror's caches). Before every
+Each round runs these five in this order, except that every other round runs the bare
+mmdebstrap first (``--runs`` rounds, 3 by default, after ``--warmup`` untimed rounds, none by
+default: a warm-up would only warm the mirror's caches). Before every
 timed run the script waits until btrfs has cleaned up deleted subvolumes and runs ``sync``.
 After each run it checks what was made (a version of ``base`` built from the config, no new
-version when up to date, a cached version of ``copy``, a version of ``other``) and counts the
-installed packages and the bytes of both root filesystems; the bare tree is deleted after its
-run, a round's store at the start of the next round. None of that is timed.
+version when up to date, a cached version of ``copy``, a built version of ``plus`` with the
+package) and counts the installed packages and the bytes of both root filesystems; the bare
+tree is deleted after its run, a round's store at the start of the next round. None of that is
+timed.
 
 It prints a table of medians (with min and max) and each method's ratio to the bare mmdebstrap,
-the median time of each step of the first builds and of the ``--name other`` builds, and
-whether the targets hold: a first build at most 1.3 times the bare mmdebstrap, a cached rebuild
-under 5 s (checked for the up-to-date build, the cached build under another name, and
-``--name other``). The results, with every sample and step, go to ``bench/results/build.json``.
+the median time of each step of the cold builds and of the +1 builds, and whether the targets
+of issue 14 hold: a cold build at most 1.2 times the bare mmdebstrap, a +1 package build under
+0.5 times the bare mmdebstrap (of the whole package list), an up-to-date build under 2 s
+(mirror check included), and a cached build under another name under 5 s. The results, with
+every sample and step, go to ``bench/results/build.json``.
 
-The network is part of every first build and every bare mmdebstrap: both download every
-package from the mirror. Rounds alternate the two so that the mirror's changing speed falls on
-both alike; the spread shows how much it changed.
+The network is part of every cold build and every bare mmdebstrap: both download every
+package from the mirror. Rounds alternate which of the two runs first, so that the mirror's
+changing speed, and a caching proxy that serves the second fetch of the same packages faster,
+fall on both alike; the spread shows how much it changed.
 
 It needs root (mkfs.btrfs, mount, mmdebstrap, systemd-nspawn) and the network, and cleans up
 after itself, also on Ctrl-C or SIGTERM: it unmounts its filesystem, checks that no loop device
 is left backed by its image, and removes its temporary directory. Run it from the repository
-root (about 3.5 minutes with the defaults)::
+root (about 10 minutes with the defaults)::
 
     .venv/bin/python -m bench build
     .venv/bin/python -m bench build --runs 5
@@ -102,35 +108,40 @@ from realms.system import apt
 
 RESULTS = RESULTS_DIR / "build.json"
 
-TARGET_FIRST_RATIO = 1.3
+TARGET_FIRST_RATIO = 1.2
+TARGET_ADDED_RATIO = 0.5
+TARGET_UP_TO_DATE_S = 2.0
 TARGET_CACHED_S = 5.0
 
 APPIMG = "base"
-OTHER_NAME = "other"
 COPY_NAME = "copy"
+PLUS_NAME = "plus"
+ADDED_PACKAGE = "file"
 # The default config's inputs under another appimg name: the hostname is set to the default's
 # (by default it follows the appimg's name, and it is an input).
 SAME_INPUTS_CONFIG = f'name = "{COPY_NAME}"\nhostname = "{APPIMG}"\n'
 SAME_INPUTS_FILE = "same-inputs.toml"
+PLUS_FILE = "plus-one.toml"
 
-FIRST = "realms appimg build (first)"
+FIRST = "realms appimg build (cold)"
 BARE = "mmdebstrap (bare)"
 UP_TO_DATE = "realms appimg build (up to date)"
 CACHED = f"realms appimg build {SAME_INPUTS_FILE} (cached)"
-OTHER = f"realms appimg build --name {OTHER_NAME}"
+ADDED = f"realms appimg build {PLUS_FILE} (+1 package)"
 
-# The steps of a first build, as printed, grouped for the table (regular expressions on the
+# The steps of a build, as printed, grouped for the table (regular expressions on the
 # step titles of realms.builder.build; a step that matches none is shown as it is).
 STEP_GROUPS = (
     (r"Bootstrapping .*", "bootstrap (mmdebstrap, minbase, locales)"),
     (r"Running module .* \(before packages\)", "modules before the packages"),
     (r"Updating package lists and upgrading", "apt-get update, upgrade"),
+    (r"(Keeping the bootstrap in|Starting from) the .*", "stage cache (keep or start from)"),
     (r"Installing \d+ packages.*", "apt-get install (the packages)"),
     (r"Running (module|script) .* \(after packages\)", "modules after the packages"),
-    (r"Cleaning up the image", "cleanup"),
+    (r"Cleaning up the image", "cleanup (reproducible)"),
     (r"Committing as a new version .*", "commit (cache, version)"),
 )
-OTHER_STEPS = "start-up, config, exit (the rest)"
+OTHER_STEPS = "start-up, config, mirror check, exit (the rest)"
 
 
 def installed_packages(root: Path) -> int:
@@ -140,7 +151,7 @@ def installed_packages(root: Path) -> int:
 
 
 def group_steps(steps: dict[str, float], total: float) -> dict[str, float]:
-    """The step times of one first build, in the groups of :data:`STEP_GROUPS`, plus the rest
+    """The step times of one build, in the groups of :data:`STEP_GROUPS`, plus the rest
     of the total."""
     grouped: dict[str, float] = {title: 0.0 for _, title in STEP_GROUPS}
     for name, elapsed in steps.items():
@@ -154,7 +165,7 @@ def group_steps(steps: dict[str, float], total: float) -> dict[str, float]:
 class Bench(BenchBase):
     config: BuildConfig
     store: Path | None = None
-    """The store of the last first build: the cached rebuilds run on it."""
+    """The store of the last cold build: the other builds run on it."""
 
     def env(self, store: Path) -> dict[str, str]:
         return {**os.environ, "REALMS_STORE": str(store)}
@@ -223,7 +234,7 @@ class Bench(BenchBase):
 
     def up_to_date(self) -> Callable[[int], float]:
         def sample(_run: int) -> float:
-            assert self.store is not None, "the first build of the round runs before"
+            assert self.store is not None, "the cold build of the round runs before"
             before = self.versions(self.store, APPIMG)
             self.settle()
             elapsed = timed([*self.realms, "-q", "appimg", "build"], self.env(self.store))
@@ -238,7 +249,7 @@ class Bench(BenchBase):
         """The default config's inputs under another name: the cached result, snapshotted."""
 
         def sample(_run: int) -> float:
-            assert self.store is not None, "the first build of the round runs before"
+            assert self.store is not None, "the cold build of the round runs before"
             config = self.mountpoint / SAME_INPUTS_FILE
             config.write_text(SAME_INPUTS_CONFIG)
             self.settle()
@@ -250,33 +261,64 @@ class Bench(BenchBase):
 
         return sample
 
-    def other_name(self) -> Callable[[int], float]:
-        """``--name other``: the hostname follows the name, so the inputs differ and this builds
-        again, with the package cache the round's first build filled."""
+    def added(self) -> Callable[[int], float]:
+        """The default config with one package more, on the round's store: the bootstrap from
+        the stage cache, one apt transaction."""
 
         def sample(run_number: int) -> float:
-            assert self.store is not None, "the first build of the round runs before"
+            assert self.store is not None, "the cold build of the round runs before"
+            config = self.mountpoint / PLUS_FILE
+            config.write_text(plus_config(self.config))
             self.settle()
             elapsed, lines = timeline(
-                [*self.realms, "appimg", "build", "--name", OTHER_NAME], self.env(self.store)
+                [*self.realms, "appimg", "build", config, "--explain"], self.env(self.store)
             )
-            versions = self.versions(self.store, OTHER_NAME)
-            if len(versions) != 1 or versions[0]["origin"] != "build":
-                raise RuntimeError(f"expected one built version of {OTHER_NAME}: {versions}")
+            texts = [text for _, text in lines]
+            if "bootstrap: hit" not in texts:
+                raise RuntimeError(f"the +1 build did not start from the cached bootstrap: {texts}")
+            versions = self.versions(self.store, PLUS_NAME)
+            if len(versions) != 1 or versions[0]["detail"].endswith("(cached)"):
+                raise RuntimeError(f"expected one built version of {PLUS_NAME}: {versions}")
+            tree = self.store / "appimg" / PLUS_NAME / "v1"
+            if not (tree / "usr" / "bin" / ADDED_PACKAGE).exists():
+                raise RuntimeError(f"{ADDED_PACKAGE} is not installed in {PLUS_NAME}")
             steps = step_times(lines)
             self.note(
-                OTHER,
+                ADDED,
                 run_number,
                 {
                     "total_ms": elapsed,
-                    "outcome": "cached" if versions[0]["detail"].endswith("(cached)") else "built",
+                    "explained": [t for t in texts if t.startswith(("bootstrap:", "packages:"))],
                     "steps_ms": steps,
-                    "groups_ms": group_steps(steps, elapsed) if steps else {},
+                    "groups_ms": group_steps(steps, elapsed),
+                    "packages_installed": installed_packages(tree),
                 },
             )
             return elapsed
 
         return sample
+
+
+def plus_config(config: BuildConfig) -> str:
+    """The default config with one package more, as appimg plus with the default's hostname."""
+    packages = json.dumps([*config.packages, ADDED_PACKAGE])
+    return f'name = "{PLUS_NAME}"\nhostname = "{APPIMG}"\npackages = {packages}\n'
+
+
+def measure_alternating(measurements: list[Measurement], runs: int) -> None:
+    """Rounds of one run each, like :func:`bench.harness.measure`, but every other round runs
+    the bare mmdebstrap before the cold build: whichever fetches the packages second may find
+    them in a caching proxy in front of the mirror, and this spreads that over both."""
+    by_method = {m.method: m for m in measurements}
+    for round_number in range(runs):
+        order = list(measurements)
+        if round_number % 2:
+            order.remove(by_method[BARE])
+            order.insert(0, by_method[BARE])
+        for m in order:
+            elapsed = m.sample(round_number)
+            m.samples.append(elapsed)
+            log(f"{m.method} run {round_number + 1}/{runs}: {elapsed:.1f} ms")
 
 
 # Report
@@ -300,7 +342,7 @@ def report(
     print_table(["method", "median s", "min s", "max s", "vs mmdebstrap"], rows, left=1)
 
     firsts = details[FIRST]
-    others = details[OTHER]
+    addeds = details[ADDED]
 
     def step_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
         titles = dict.fromkeys(title for d in runs for title in d["groups_ms"])
@@ -310,83 +352,82 @@ def report(
         }
 
     groups = step_medians(firsts)
-    other_groups = step_medians(others)
+    added_groups = step_medians(addeds)
     first_median = by_method[FIRST].median
     step_rows = [
         [
             title,
             format_seconds(value),
             f"{100 * value / first_median:.0f} %",
-            format_seconds(other_groups[title]) if title in other_groups else "-",
+            format_seconds(added_groups[title]) if title in added_groups else "-",
         ]
         for title, value in groups.items()
     ]
     print()
     print_table(
-        ["steps of the builds, medians (s)", "first", "share", f"--name {OTHER_NAME}"],
-        step_rows,
-        left=1,
+        ["steps of the builds, medians (s)", "cold", "share", "+1 package"], step_rows, left=1
     )
     packages = {
-        "first_build": sorted({d["packages_installed"] for d in firsts}),
+        "cold_build": sorted({d["packages_installed"] for d in firsts}),
         "bare_mmdebstrap": sorted({d["packages_installed"] for d in details[BARE]}),
+        "plus_one": sorted({d["packages_installed"] for d in addeds}),
     }
     trees = {
-        "first_build": statistics.median(d["tree_bytes"] for d in firsts),
+        "cold_build": statistics.median(d["tree_bytes"] for d in firsts),
         "bare_mmdebstrap": statistics.median(d["tree_bytes"] for d in details[BARE]),
     }
     print()
-    for key, label in (("first_build", "first build"), ("bare_mmdebstrap", "bare mmdebstrap")):
+    for key, label in (("cold_build", "cold build"), ("bare_mmdebstrap", "bare mmdebstrap")):
         counts = ", ".join(str(c) for c in packages[key])
         print(f"{label}: {counts} packages installed, tree {human(int(trees[key]))}")
 
     first_ratio = ratio(first_median, bare)
-    first_met = first_ratio is not None and first_ratio <= TARGET_FIRST_RATIO
-    cached_met = {
-        method: by_method[method].median < TARGET_CACHED_S * 1000 for method in (UP_TO_DATE, CACHED)
+    added_ratio = ratio(by_method[ADDED].median, bare)
+    met = {
+        "cold_build_met": first_ratio is not None and first_ratio <= TARGET_FIRST_RATIO,
+        "plus_one_met": added_ratio is not None and added_ratio < TARGET_ADDED_RATIO,
+        "up_to_date_met": by_method[UP_TO_DATE].median < TARGET_UP_TO_DATE_S * 1000,
+        "cached_met": by_method[CACHED].median < TARGET_CACHED_S * 1000,
     }
-    outcomes = [d["outcome"] for d in others]
-    other_met = by_method[OTHER].median < TARGET_CACHED_S * 1000
     print_targets(
         [
             target_line(
-                f"first build / bare mmdebstrap <= {TARGET_FIRST_RATIO}",
+                f"cold build / bare mmdebstrap <= {TARGET_FIRST_RATIO}",
                 format_ratio(first_ratio),
-                first_met,
-            ),
-            *(
-                target_line(
-                    f"{method} median < {TARGET_CACHED_S:.0f} s",
-                    f"{format_seconds(by_method[method].median)} s",
-                    met,
-                )
-                for method, met in cached_met.items()
+                met["cold_build_met"],
             ),
             target_line(
-                f"{OTHER} median < {TARGET_CACHED_S:.0f} s",
-                f"{format_seconds(by_method[OTHER].median)} s",
-                other_met,
-            )
-            + f" ({outcomes.count('built')} of {len(outcomes)} runs built again: the hostname "
-            "follows --name, and it is an input)",
+                f"+1 package / bare mmdebstrap < {TARGET_ADDED_RATIO}",
+                format_ratio(added_ratio),
+                met["plus_one_met"],
+            ),
+            target_line(
+                f"{UP_TO_DATE} median < {TARGET_UP_TO_DATE_S:.0f} s (mirror check included)",
+                f"{format_seconds(by_method[UP_TO_DATE].median)} s",
+                met["up_to_date_met"],
+            ),
+            target_line(
+                f"{CACHED} median < {TARGET_CACHED_S:.0f} s",
+                f"{format_seconds(by_method[CACHED].median)} s",
+                met["cached_met"],
+            ),
         ]
     )
     return {
         "results": results,
-        "first_build_steps_median_ms": {k: round(v, 1) for k, v in groups.items()},
-        "other_name_steps_median_ms": {k: round(v, 1) for k, v in other_groups.items()},
-        "other_name_outcomes": outcomes,
+        "cold_build_steps_median_ms": {k: round(v, 1) for k, v in groups.items()},
+        "plus_one_steps_median_ms": {k: round(v, 1) for k, v in added_groups.items()},
         "packages_installed": packages,
         "tree_bytes_median": trees,
-        "ratio_first_over_bare": rounded(first_ratio, 3),
+        "ratio_cold_over_bare": rounded(first_ratio, 3),
+        "ratio_plus_one_over_bare": rounded(added_ratio, 3),
         "targets": {
-            "first_over_bare_at_most": TARGET_FIRST_RATIO,
-            "cached_rebuild_below_s": TARGET_CACHED_S,
-            "first_build_met": first_met,
-            "up_to_date_met": cached_met[UP_TO_DATE],
-            "cached_met": cached_met[CACHED],
-            "other_name_met": other_met,
-            "all_met": first_met and all(cached_met.values()) and other_met,
+            "cold_over_bare_at_most": TARGET_FIRST_RATIO,
+            "plus_one_over_bare_below": TARGET_ADDED_RATIO,
+            "up_to_date_below_s": TARGET_UP_TO_DATE_S,
+            "cached_below_s": TARGET_CACHED_S,
+            **met,
+            "all_met": all(met.values()),
         },
     }
 
@@ -396,8 +437,9 @@ def report(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Time a first 'realms appimg build' against a bare mmdebstrap of the same "
-        "packages, and cached rebuilds.",
+        description="Time a cold 'realms appimg build' against a bare mmdebstrap of the same "
+        "packages, a build with one package more (the stage cache), and rebuilds with unchanged "
+        "inputs.",
     )
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (3)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed rounds first (0)")
@@ -432,9 +474,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Measurement(BARE, "-", args.runs, bench.bare()),
                 Measurement(UP_TO_DATE, "-", args.runs, bench.up_to_date()),
                 Measurement(CACHED, "-", args.runs, bench.cached()),
-                Measurement(OTHER, "-", args.runs, bench.other_name()),
+                Measurement(ADDED, "-", args.runs, bench.added()),
             ]
-            measure(measurements, args.warmup, mountpoint)
+            if args.warmup:
+                measure(measurements, args.warmup, mountpoint)
+                for m in measurements:
+                    m.samples.clear()
+            measure_alternating(measurements, args.runs)
             machine["load_average_at_end"] = load_average()
     except KeyboardInterrupt:
         log("interrupted")
@@ -455,12 +501,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "commands": {
             FIRST: "untimed: REALMS_STORE=NEW realms -q init; timed: realms appimg build",
             BARE: " ".join(mmdebstrap_argv(config, "DIR", mirror)),
-            UP_TO_DATE: "realms -q appimg build (on the store of the round's first build)",
+            UP_TO_DATE: "realms -q appimg build (on the store of the round's cold build)",
             CACHED: (
                 f"realms -q appimg build {SAME_INPUTS_FILE} (on the same store; the file: "
                 f"{SAME_INPUTS_CONFIG!r})"
             ),
-            OTHER: f"realms appimg build --name {OTHER_NAME} (on the same store)",
+            ADDED: (
+                f"realms appimg build {PLUS_FILE} --explain (on the same store; the file: "
+                f"{plus_config(config)!r})"
+            ),
         },
         **summary,
     }
