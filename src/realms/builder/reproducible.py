@@ -12,7 +12,8 @@ The model, after reproducible-builds.org and mmdebstrap:
    and caches, ldconfig's aux-cache, the machine id (an empty ``/etc/machine-id``: systemd fills
    it at the first boot), D-Bus's machine id, ssh host keys, the last-change day of
    ``/etc/shadow`` (the epoch's day), compiled Python (``__pycache__``), dpkg's and debconf's
-   ``-old`` files, man-db's index. It runs in the container, so that a link planted in the
+   ``-old`` files, man-db's index, and the time in systemd-update-done's stamps (``/usr``'s,
+   which the clamp makes the epoch). It runs in the container, so that a link planted in the
    image by a package points inside the image, never at the host.
 3. **No time newer than the epoch.** :func:`clamp_mtimes` sets every modification time later
    than the epoch to the epoch, from the host, after the last step: the tree is walked with
@@ -90,6 +91,12 @@ if [ -f /var/lib/dbus/machine-id ] && [ ! -L /var/lib/dbus/machine-id ]; then
 fi
 # Compiled Python holds its compiler's choices; Python writes it again where it may.
 find / -xdev -type d -name __pycache__ -prune -exec rm -rf {} +
+# systemd-update-done's stamps hold /usr's time, which the clamp makes the epoch's: so must they
+# (else the first boot would redo the updates the build did, and each build differ).
+for file in /etc/.updated /var/.updated; do
+    [ -n "${SOURCE_DATE_EPOCH:-}" ] && [ -f "$file" ] && [ ! -L "$file" ] || continue
+    sed -i "s/^TIMESTAMP_NSEC=.*/TIMESTAMP_NSEC=${SOURCE_DATE_EPOCH}000000000/" "$file"
+done
 # The day of the last password change: the epoch's, for every account that has one.
 day=$((${SOURCE_DATE_EPOCH:-0} / 86400))
 for file in /etc/shadow /etc/shadow-; do
