@@ -79,12 +79,22 @@ def launch(store: Store, name: str, program: Callable[[Report], int]) -> tuple[i
     return int(text), read_end
 
 
+CONSOLE_LIMIT = 1 << 20
+"""A console log longer than this is moved to ``.old`` when the realm starts again; a shorter
+one goes on (each boot begins with the supervisor's "booting" line): no rename, and no delete
+of the last ``.old``, in the way of every start."""
+
+
 def _open_console(store: Store, name: str) -> int:
-    """The console log, fresh for this start; the last one is kept beside it as ``.old``."""
+    """The console log to append to; the previous one kept beside it as ``.old`` once it is
+    long (:data:`CONSOLE_LIMIT`)."""
     path = store.console_log_path(name)
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(path, path.with_name(path.name + ".old"))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    if os.fstat(fd).st_size <= CONSOLE_LIMIT:
+        return fd
+    os.close(fd)
+    os.replace(path, path.with_name(path.name + ".old"))
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
 
 

@@ -2,8 +2,8 @@
 
 :func:`realms.lifecycle.detach.launch` forks it from ``realms start`` (no second Python
 start-up: what the command imported is there already), detached: a session of its own, stdin
-from /dev/null, stdout and stderr to the realm's console log (``logs/realm-NAME.console``, the
-previous one kept as ``.old``). It lives as long as the realm:
+from /dev/null, stdout and stderr appended to the realm's console log
+(``logs/realm-NAME.console``, moved to ``.old`` once long). It lives as long as the realm:
 
 1. It holds the realm's run lock (:meth:`realms.store.Layout.run_lock`), so that ``realms
    remove`` refuses a running realm and nothing else runs it as a one-shot container; then it
