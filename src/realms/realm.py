@@ -37,7 +37,8 @@ from realms.system.fs import atomic_symlink, atomic_write, fsync_dir
 from realms.units import now
 
 if TYPE_CHECKING:
-    from realms.container import Bind, Container, Overlay, TreeView
+    from realms.container import Bind, Container, Overlay
+    from realms.treeview import TreeView
 
 # realms.activation and realms.container are imported by the functions that use them: a realm
 # on a tree is made, listed and removed without them (a shorter start-up for those commands).
@@ -356,7 +357,8 @@ def _image_layers(
     """For a realm on a block or sealed version: its overlay (the activated image below, the
     realm's layer above) and the view of its files before it runs (passwd, locale)."""
     from realms import activation
-    from realms.container import Overlay, TreeView
+    from realms.container import Overlay
+    from realms.treeview import TreeView
 
     with store.appimg_lock(found.appimg, shared=True):
         record = load_record(store, found.appimg)
@@ -449,14 +451,8 @@ def realm_container(
     """Realm ``name``'s container for ``command`` (with ``root``, as root; else as its user),
     and its files as they will be seen; the caller holds the realm as running. A booted realm
     (:mod:`realms.lifecycle`) takes the same container with root and no command."""
-    from realms.container import (
-        REALM_HOME,
-        Container,
-        TreeView,
-        check_os_tree,
-        default_locale,
-        user_of_uid,
-    )
+    from realms.container import REALM_HOME, Container
+    from realms.treeview import TreeView, check_os_tree, default_locale, user_of_uid
 
     settings = realm_settings(store, name)
     found = _ensure_uid_base(store, name, origin.load(directory))

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from realms import api
-from realms.container import TreeView
 from realms.errors import InvalidInput, NotFound, RealmsError
 from realms.lifecycle import order
 from realms.lifecycle.order import Needs
 from realms.store import Store
+from realms.treeview import TreeView
 from tests.unit.conftest import Owners
 
 

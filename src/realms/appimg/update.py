@@ -38,7 +38,7 @@ from pathlib import Path
 from realms import log
 from realms.appimg.commit import NewVersion, commit, reserve
 from realms.appimg.record import AppimgRecord, KeptUpdate, Version, changing, load_record
-from realms.container import Container, check_os_tree
+from realms.container import Container
 from realms.container import run as run_container
 from realms.errors import Conflict, NotFound, RealmsError
 from realms.faults import checkpoint
@@ -60,6 +60,7 @@ from realms.system.fs import (
 )
 from realms.system.loop import attached
 from realms.system.run import run
+from realms.treeview import check_os_tree
 from realms.units import now
 
 

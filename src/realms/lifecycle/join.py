@@ -255,7 +255,7 @@ def make_plan(
 ) -> tuple[Plan, dict[str, str]]:
     """Open what the child needs of the realm whose init is ``leader``; every descriptor is
     closed when ``stack`` ends. Raises ProcessLookupError when the leader is gone."""
-    from realms.container import TreeView, default_locale
+    from realms.treeview import TreeView, default_locale
 
     def keep(fd: int) -> int:
         stack.callback(os.close, fd)

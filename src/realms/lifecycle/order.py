@@ -27,8 +27,8 @@ from realms.errors import InvalidInput, InvalidName, NotFound, RealmsError
 from realms.names import check_realm_name
 
 if TYPE_CHECKING:
-    from realms.container import TreeView
     from realms.store import Store
+    from realms.treeview import TreeView
 
 
 @dataclass(frozen=True)
@@ -212,8 +212,8 @@ def boots(store: Store, name: str) -> bool:
     (activated for it, as a start would)."""
     from realms import activation, origin
     from realms.appimg.record import load_record
-    from realms.container import TreeView
     from realms.kinds import IMAGE_KINDS
+    from realms.treeview import TreeView
 
     files = store.realm(name)
     found = origin.load(files.directory)

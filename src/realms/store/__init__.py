@@ -13,11 +13,6 @@ Removal works on a full store: taking a lock writes nothing (:mod:`realms.store.
 space of what was deleted is free again when the command returns.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
-
 from realms.store.core import DEFAULT_STORE, STORE_ENV, STORE_FORMAT, Store, locate, write_toml
 from realms.store.layout import (
     DELETED_PREFIX,
@@ -26,27 +21,7 @@ from realms.store.layout import (
     WORKING_PREFIX,
     Layout,
 )
-
-if TYPE_CHECKING:
-    from realms.store.space import out_of_space_error, out_of_space_hint
-
-# Imported when first used: only a full disk needs the words. (``realms init``'s function is
-# imported from realms.store.init itself: a package attribute named like a submodule would
-# become the submodule once that is imported.)
-_LAZY = {
-    "out_of_space_error": "realms.store.space",
-    "out_of_space_hint": "realms.store.space",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+from realms.store.space import out_of_space_error, out_of_space_hint
 
 __all__ = [
     "DEFAULT_STORE",

@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 from realms.errors import StoreFull
-from realms.system import mounts
 
 
 def out_of_space_hint(root: Path, path: str | Path | None) -> str:
     """What to say when writing ``path`` failed with ENOSPC: which filesystem is full (the
     store's, or the one that holds a source or an output file elsewhere) and what frees it."""
+    from realms.system import mounts
+
     if path is not None:
         where = mounts.mount_of(Path(os.path.dirname(os.path.abspath(path))))
         if where.target != mounts.mount_of(root).target:
@@ -29,6 +30,8 @@ def _store_full_hint(root: Path) -> str:
 def _filesystem_name(path: Path) -> str:
     """The filesystem that holds ``path``, as a person knows it: a store's pool by its image
     file, anything else by where it is mounted."""
+    from realms.system import mounts
+
     mount = mounts.mount_of(path)
     if mount.fstype == "btrfs" and mount.source.startswith("/dev/loop"):
         image = mounts.loop_backing_file(mount.source)
