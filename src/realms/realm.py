@@ -182,7 +182,7 @@ def show_realm(store: Store, name: str) -> RealmInfo:
 # Making and removing
 
 
-def _make_home(store: Store, home: Path) -> None:
+def make_home(store: Store, home: Path) -> None:
     shutil.copytree(store.skel_dir, home, symlinks=True)
     for directory, subdirectories, files in os.walk(home):
         for entry in (directory, *(os.path.join(directory, n) for n in subdirectories + files)):
@@ -229,7 +229,7 @@ def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
                     os.chown(staged.upper, uid_base, uid_base)
                 else:
                     store.backend.clone(store.version_path(appimg, version), staged.rootfs)
-                _make_home(store, staged.home)
+                make_home(store, staged.home)
                 template = config.commented_template(
                     config.REALM_SETTINGS,
                     f"realm {name}; unset keys fall back to [realm-defaults] in "

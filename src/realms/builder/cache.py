@@ -149,7 +149,7 @@ def keep(store: Store, key: str, tree: Path, record: dict[str, Any] | None = Non
     results(store).keep(store, key, tree, record or {})
 
 
-def _installed_debs(tree: Path) -> set[str]:
+def installed_debs(tree: Path) -> set[str]:
     """The .deb file names of the packages installed in ``tree`` (from dpkg's status)."""
     try:
         # The tree is a build's: its paths are not followed out of it.
@@ -167,7 +167,7 @@ def _installed_debs(tree: Path) -> set[str]:
 
 def prune_packages(directory: Path, tree: Path) -> int:
     """Delete cached .deb files that the build in ``tree`` did not install; return how many."""
-    wanted = _installed_debs(tree)
+    wanted = installed_debs(tree)
     if not wanted:
         return 0
     removed = 0

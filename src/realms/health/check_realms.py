@@ -296,7 +296,7 @@ def _home(store: Store, name: str) -> Finding:
     home = store.realm(name).home
 
     def fix() -> str:
-        from realms.realm import _make_home
+        from realms.realm import make_home
 
         with store.realm_lock(name), store.run_lock(name):
             if _is_directory(home):
@@ -305,7 +305,7 @@ def _home(store: Store, name: str) -> Finding:
             if os.path.lexists(home):
                 kept = "; what was there " + move_aside(store, home, f"{name}-home")
             with store.staging(home, f"the home of realm {name!r}") as staged:
-                _make_home(store, staged)
+                make_home(store, staged)
         return "made a new home from skel/" + kept
 
     return finding(

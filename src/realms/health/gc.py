@@ -345,7 +345,7 @@ def _packages(store: Store, kept: list[Path], found: Plan) -> None:
 
     wanted: set[str] = set()
     for tree in kept:
-        installed = cache._installed_debs(tree)
+        installed = cache.installed_debs(tree)
         if not installed:
             found.skip("package", store.cache_dir / "packages", f"{tree} has no dpkg status")
             return
