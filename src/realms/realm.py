@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from realms import config, log, origin
-from realms.appimg.record import load_record
 from realms.errors import AlreadyExists, InvalidInput, NotFound, RealmsError
 from realms.faults import checkpoint
 from realms.kinds import IMAGE_KINDS, ImageKind, Isolation, RealmState
@@ -130,6 +128,8 @@ def set_default_realm(store: Store, name: str) -> None:
 
 
 def _current_versions(store: Store, appimgs: set[str]) -> dict[str, int]:
+    from realms.appimg.record import load_record
+
     result = {}
     for name in appimgs:
         try:
@@ -183,6 +183,8 @@ def show_realm(store: Store, name: str) -> RealmInfo:
 
 
 def make_home(store: Store, home: Path) -> None:
+    import shutil
+
     shutil.copytree(store.skel_dir, home, symlinks=True)
     for directory, subdirectories, files in os.walk(home):
         for entry in (directory, *(os.path.join(directory, n) for n in subdirectories + files)):
@@ -193,6 +195,8 @@ def make_home(store: Store, home: Path) -> None:
 def new_realm(store: Store, name: str, appimg: str | None = None) -> RealmInfo:
     """Make realm ``name`` from the current version of ``appimg`` (default: the config's
     default-appimg)."""
+    from realms.appimg.record import load_record
+
     check_realm_name(name)
     appimg = check_appimg_name(appimg or store.config.default_appimg)
     store.sweep()
@@ -357,6 +361,7 @@ def _image_layers(
     """For a realm on a block or sealed version: its overlay (the activated image below, the
     realm's layer above) and the view of its files before it runs (passwd, locale)."""
     from realms import activation
+    from realms.appimg.record import load_record
     from realms.container import Overlay
     from realms.treeview import TreeView
 

@@ -64,7 +64,7 @@ def prepare(store: Store, name: str, settings: dict[str, Any]) -> NetworkPlan:
     """Before nspawn starts realm ``name`` (``settings``: its parsed realm config): make sure
     its zone's bridge and rules exist, allocate (or find) its address, and say what nspawn
     needs. Errors (a bad zone config, a full subnet, nft missing) come here, before the boot."""
-    from realms.network import bridge, ipam
+    from realms.network import ipam
 
     mode = mode_of(settings)
     if mode != NetworkMode.PRIVATE:
@@ -74,6 +74,8 @@ def prepare(store: Store, name: str, settings: dict[str, Any]) -> NetworkPlan:
                 _sync(store)
         args = ("--private-network",) if mode == NetworkMode.NONE else ()
         return NetworkPlan(store, name, mode, args)
+    from realms.network import bridge
+
     zone = str(settings["network-zone"])
     interface = bridge.veth_name(store.root, name)
     with store.network_lock():
