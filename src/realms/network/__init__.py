@@ -103,10 +103,10 @@ def configure(plan: NetworkPlan, leader_pid: int) -> None:
     veth to the zone's bridge, give it its address and default route, write its resolv.conf
     and the /etc/hosts entries of the zone's running realms (in each of them). Nothing for
     host and none networks."""
-    from realms.network import bridge, hosts, ipam
-
     if plan.mode != NetworkMode.PRIVATE:
         return
+    from realms.network import bridge, hosts, ipam
+
     assert plan.zone and plan.address and plan.gateway and plan.host_interface
     store, name = plan.store, plan.realm
     started = ipam.start_time(leader_pid)
