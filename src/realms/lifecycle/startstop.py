@@ -202,7 +202,6 @@ def _halt_started(store: Store, name: str, timeout: float) -> None:
 def _halt(store: Store, name: str, runtime: state.RealmRuntime, timeout: float) -> None:
     """Stop a realm that is not stopped, whatever is left of it; the caller holds its lock."""
     from realms.lifecycle import systemd
-    from realms.lifecycle.supervisor import POWEROFF
 
     if runtime.record is None and systemd.is_pid1():
         # SYSTEMD: the realm is its unit (state.running asked systemd): systemd stops it.
@@ -214,7 +213,7 @@ def _halt(store: Store, name: str, runtime: state.RealmRuntime, timeout: float) 
     elif runtime.nspawn_pid is not None:
         _signal(runtime.nspawn_pid, signal.SIGTERM)
     elif runtime.leader_pid is not None:
-        _signal(runtime.leader_pid, POWEROFF)
+        _signal(runtime.leader_pid, state.POWEROFF)
     else:
         timeout = 0  # nobody to ask: what is in its cgroup is what a killed start left
     if not cgroups.wait_empty(runtime.cgroup, timeout):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from realms.store import Store
 from realms.system.fs import temporary_name
 
 FORMAT = 1
+
+POWEROFF = signal.SIGRTMIN + 4
+"""systemd's signal for "power off" (SIGTERM to systemd as PID 1 means re-execute)."""
 
 
 @dataclass(frozen=True)

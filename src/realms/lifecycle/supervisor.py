@@ -44,6 +44,7 @@ from realms.errors import RealmsError
 from realms.kinds import RealmState
 from realms.lifecycle import cgroups, state, watch
 from realms.lifecycle.detach import Report
+from realms.lifecycle.state import POWEROFF
 from realms.store import Store
 from realms.system.libc import libc
 from realms.units import now
@@ -59,8 +60,6 @@ ORPHAN_GRACE = 10.0
 REBOOT_LIMIT = (5, 60.0)
 """At most this many reboots from inside within so many seconds: a realm that reboots at once,
 again and again, is stopped (its console log says why) instead of looping for ever."""
-POWEROFF = signal.SIGRTMIN + 4
-"""systemd's signal for "power off" (SIGTERM to systemd as PID 1 means re-execute)."""
 _PR_SET_CHILD_SUBREAPER = 36
 
 
