@@ -57,7 +57,9 @@ def _assert_sound(counts: Counts) -> None:
 def test_short_fault_run(tmp_path: Path, busybox_tree: Path) -> None:
     counts = _run(tmp_path, busybox_tree, rounds=20, seed=15, enospc_every=7, run_every=10)
     _assert_sound(counts)
-    assert counts.kills >= 30 and counts.runs > 0, counts.to_json()
+    # How many random kills land depends on the machine's speed; kills at checkpoints do not.
+    assert counts.checkpoint_kills > 0 and counts.kills > counts.checkpoint_kills, counts.to_json()
+    assert counts.runs > 0, counts.to_json()
 
 
 @pytest.mark.stress
