@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from realms import log
-from realms.errors import InvalidInput, NotFound, RealmsError
+from realms.errors import InvalidInput, InvalidName, NotFound, RealmsError
 from realms.lifecycle.startstop import Started
 from realms.names import check_existing_realm_name
 from realms.store import Store
@@ -29,6 +30,23 @@ def start(
         raise InvalidInput("name a realm to start, or start the autostart realms")
     check_existing_realm_name(name)
     return _start_chain(store, name, order.start_order([name], load), timeout)
+
+
+def _running_names(store: Store, *, but: str) -> list[str]:
+    """The realms that run, but ``but``: found from the realms' directory names and their
+    runtime state, reading no realm's files (a stop reads the configs of these only)."""
+    from realms.lifecycle import state
+
+    found = []
+    for entry in sorted(os.listdir(store.realms_dir)):
+        if entry.startswith(".") or entry == but:
+            continue
+        try:
+            if state.running(store, entry) is not None:
+                found.append(entry)
+        except InvalidName:
+            continue  # not a realm's directory
+    return found
 
 
 def _realm_names(store: Store) -> list[str]:
@@ -101,8 +119,7 @@ def stop(store: Store, name: str, *, timeout: int | None = None, force: bool = F
     check_existing_realm_name(name)
     dependents: list[str] = []
     if state.running(store, name) is not None:
-        others = [n for n in _realm_names(store) if n != name]
-        running = [n for n in others if state.running(store, n) is not None]
+        running = _running_names(store, but=name)
         dependents = order.stop_order(name, running, order.store_loader(store))
     if dependents and not force:
         raise RealmsError(

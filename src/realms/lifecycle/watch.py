@@ -165,7 +165,8 @@ class Watcher:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         note(f"realm {self.spec['name']} stopped")
-        sys.exit(0 if status == 0 else 1)
+        # Out at once: the interpreter's teardown would keep `realms stop` waiting for nothing.
+        os._exit(0 if status == 0 else 1)
 
 
 def main() -> None:
