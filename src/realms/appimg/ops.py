@@ -180,7 +180,8 @@ def remove_appimg(store: Store, name: str) -> list[str]:
             realms = sorted({realm for names in running_on.values() for realm in names})
             raise RealmsError(
                 f"appimg {name!r} has realms running on its image versions: {', '.join(realms)}",
-                hint="remove those realms first (realms on tree versions do not stop this)",
+                hint="remove those realms first, or the snapshots named (realms snapshot "
+                "remove NAME LABEL); realms on tree versions do not stop this",
             )
         users = _users(store).get(name, [])
         with store.activation_lock(name):
