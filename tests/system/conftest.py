@@ -10,6 +10,8 @@
   and iproute2, which ``systemd-nspawn --boot`` boots (booted realms, issue 13).
 - ``apt_repo`` (with ``apt_debs``, session): a local signed Debian archive served on 127.0.0.1
   whose state the test changes (:mod:`tests.apt_repo`).
+- ``registry`` (with ``registry_binary``, session): Debian's ``docker-registry`` on 127.0.0.1
+  with a random port, stopped with the test (:mod:`tests.registry_server`).
 
 Every mount and loop device made here is undone at teardown, also when a test fails, and only
 those: the checks look under the fixture's own directories.
@@ -36,6 +38,7 @@ from tests.helpers import (
     mounts_below,
     unmount_below,
 )
+from tests.registry_server import RunningRegistry, start_registry, unpack_registry
 
 if os.geteuid() != 0:
     pytest.exit("the tests need root: they mount btrfs and run systemd-nspawn", returncode=2)
@@ -147,3 +150,16 @@ def bootable_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
     )
     return target
+
+
+@pytest.fixture(scope="session")
+def registry_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The unpacked ``docker-registry`` program (:mod:`tests.registry_server`)."""
+    return unpack_registry(tmp_path_factory.mktemp("docker-registry"))
+
+
+@pytest.fixture
+def registry(registry_binary: Path, tmp_path: Path) -> Iterator[RunningRegistry]:
+    """A plain-http registry on 127.0.0.1 with deletes enabled, stopped with the test."""
+    with start_registry(registry_binary, tmp_path / "registry") as running:
+        yield running

@@ -9,16 +9,14 @@ import fcntl
 import os
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import tomli_w
 
 from realms.store import Layout, locks
 from tests.helpers import Realms
-from tests.registry_server import RunningRegistry, start_registry, unpack_registry
+from tests.registry_server import RunningRegistry
 
 MIB = 1 << 20
 DAY = 86400
@@ -180,17 +178,6 @@ def test_gc_killed_half_way_leaves_a_consistent_store(realms: Realms, base: str)
 
 
 # Registry blobs: a pushed version's manifest, and what it names, stay.
-
-
-@pytest.fixture(scope="module")
-def registry_program(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return unpack_registry(tmp_path_factory.mktemp("docker-registry"))
-
-
-@pytest.fixture
-def registry(registry_program: Path, tmp_path: Path) -> Iterator[RunningRegistry]:
-    with start_registry(registry_program, tmp_path / "registry") as running:
-        yield running
 
 
 def test_gc_keeps_the_blobs_of_a_pushed_version(

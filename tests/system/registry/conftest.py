@@ -1,9 +1,9 @@
 """Fixtures of the registry tests (see :mod:`tests.registry_server`).
 
-- ``registry_binary`` (session): the unpacked ``docker-registry`` program.
-- ``registry``: a plain-http registry with deletes enabled; ``.host`` is ``127.0.0.1:PORT``,
-  ``.storage`` its data directory (tests that play a hostile registry write there behind its
-  back).
+- ``registry_binary`` and ``registry`` (in tests/system/conftest.py, for every system test): the
+  unpacked ``docker-registry`` program, and a plain-http registry with deletes enabled; ``.host``
+  is ``127.0.0.1:PORT``, ``.storage`` its data directory (tests that play a hostile registry
+  write there behind its back).
 - ``insecure_registry``: realms, skopeo and buildah treat ``registry`` as insecure, through the
   registries.conf they all read, as a user would configure it (a module uses it for all its
   tests with ``pytestmark = pytest.mark.usefixtures("insecure_registry")``).
@@ -16,27 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.registry_server import RunningRegistry, start_registry, unpack_registry
+from tests.registry_server import RunningRegistry, start_registry
 
 __all__ = ["RunningRegistry", "start_registry"]
 
 
-@pytest.fixture(scope="session")
-def registry_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return unpack_registry(tmp_path_factory.mktemp("docker-registry"))
-
-
-@pytest.fixture
-def registry(registry_binary: Path, tmp_path: Path) -> Iterator[RunningRegistry]:
-    with start_registry(registry_binary, tmp_path / "registry") as running:
-        yield running
-
-
 # --- registries with authentication (helper A) -----------------------------------------------
 
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass
 
-from tests.system.registry.secure import (  # noqa: E402
+from tests.system.registry.secure import (
     Certificates,
     TokenServer,
     make_certificates,
