@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +71,7 @@ from bench.system import (
 from bench.trees import (
     SIZES,
     GeneratedTrees,
+    add_busybox,
     add_two_tree_options,
     import_two_trees,
     two_tree_config,
@@ -142,16 +142,6 @@ class Bench(BenchBase):
             return timed([*self.realms, "--version"], self.env)
 
         return sample
-
-
-def _with_true(root: Path) -> None:
-    """A static busybox as /usr/bin/true, for the update that makes each appimg's version 2."""
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        raise RuntimeError("busybox (busybox-static) is not installed")
-    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(busybox, root / "usr/bin/busybox")
-    (root / "usr/bin/true").symlink_to("busybox")
 
 
 def report(measurements: list[Measurement], trees: GeneratedTrees) -> dict[str, Any]:
@@ -230,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 {"small": args.small_mb, "large": args.large_mb},
                 args.seed,
                 tree_of=bench.tree,
-                extra=_with_true,
+                extra=add_busybox,
             )
             for size in SIZES:
                 run(bench.realms_cmd("update-appimg", size, "--", "true"), env)

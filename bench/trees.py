@@ -8,6 +8,7 @@ import argparse
 import math
 import os
 import random
+import shutil
 import stat
 import time
 from collections.abc import Callable
@@ -255,3 +256,17 @@ def two_tree_config(args: argparse.Namespace, image_bytes: int) -> dict[str, Any
         "seed": args.seed,
         "image_bytes": image_bytes,
     }
+
+
+APPLETS = ("sh", "touch", "true", "echo")
+"""The busybox applets the benchmarks' commands use (update-appimg runs ``sh`` and ``true``)."""
+
+
+def add_busybox(root: Path) -> None:
+    """Make a generated tree able to run commands: busybox-static and a few applets."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise SystemExit("busybox is not installed (apt-get install busybox-static)")
+    shutil.copy2(busybox, root / "usr" / "bin" / "busybox")
+    for applet in APPLETS:
+        (root / "usr" / "bin" / applet).symlink_to("busybox")

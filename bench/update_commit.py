@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -108,6 +107,7 @@ from bench.system import (
 from bench.trees import (
     SIZES,
     GeneratedTrees,
+    add_busybox,
     add_two_tree_options,
     import_two_trees,
     two_tree_config,
@@ -118,7 +118,6 @@ RESULTS = RESULTS_DIR / "update_commit.json"
 TARGET_RATIO = 1.2
 KEEP_VERSIONS = 2
 
-APPLETS = ("sh", "touch", "true", "echo")
 MARK = "realms-bench: command done"
 
 UPDATE = "realms update-appimg"
@@ -144,16 +143,6 @@ PHASES = (
 NSPAWN_LINE = "realms: + systemd-nspawn "
 FIND_NEW_LINE = "realms: + btrfs subvolume find-new "
 COMMITTED_LINE = "[+]: Committed appimg "
-
-
-def add_busybox(root: Path) -> None:
-    """Make a generated tree able to run commands: busybox-static and a few applets."""
-    busybox = shutil.which("busybox")
-    if busybox is None:
-        raise SystemExit("busybox is not installed (apt-get install busybox-static)")
-    shutil.copy2(busybox, root / "usr" / "bin" / "busybox")
-    for applet in APPLETS:
-        (root / "usr" / "bin" / applet).symlink_to("busybox")
 
 
 def phases_of(elapsed: float, lines: list[tuple[float, str]]) -> dict[str, float]:
