@@ -55,18 +55,24 @@ def holders(path: Path) -> list[int]:
 
 
 def _has_open(pid: int, info: os.stat_result) -> bool:
+    return _descriptor_of(str(pid), info) is not None
+
+
+def _descriptor_of(process: str, info: os.stat_result) -> int | None:
+    """The descriptor of process ``process`` (a pid, or ``self``) that has the file ``info``
+    describes open, or None."""
     try:
-        descriptors = os.listdir(f"/proc/{pid}/fd")
+        descriptors = os.listdir(f"/proc/{process}/fd")
     except OSError:
-        return False
+        return None
     for descriptor in descriptors:
         try:
-            other = os.stat(f"/proc/{pid}/fd/{descriptor}")
+            other = os.stat(f"/proc/{process}/fd/{descriptor}")
         except OSError:
             continue
         if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
-            return True
-    return False
+            return int(descriptor)
+    return None
 
 
 def _command_line(pid: int) -> str:
@@ -144,15 +150,7 @@ def own_descriptor(path: Path) -> int | None:
     """The descriptor of this process that has the lock file at ``path`` open (the one holding
     the lock, when this process holds it): a process that executes another program keeps its
     locks by keeping that descriptor open across the exec."""
-    info = os.stat(path)
-    for entry in os.listdir("/proc/self/fd"):
-        try:
-            other = os.stat(f"/proc/self/fd/{entry}")
-        except OSError:
-            continue
-        if (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino):
-            return int(entry)
-    return None
+    return _descriptor_of("self", os.stat(path))
 
 
 def is_free(path: Path) -> bool:
