@@ -7,16 +7,16 @@
     status = api.run_in_realm(store, "work", ["id"])
 
 Functions take a :class:`~realms.store.Store` and raise :class:`~realms.errors.RealmsError` (with
-a message and a hint) for anything a user can cause; results are dataclasses with ``to_json()``.
+a message and a hint) for anything a user can cause; results are records (dataclasses, or
+NamedTuples on the lifecycle commands' lean path) with ``to_json()``.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from realms.errors import AlreadyExists, RealmsError
 from realms.store import Store, locate
@@ -395,8 +395,7 @@ def export_key(store: Store, channel: str) -> str:
     return trusted[0]
 
 
-@dataclass(frozen=True)
-class KeyTrusted:
+class KeyTrusted(NamedTuple):
     public: str
     """The key, in lower-case hex."""
     added: bool
@@ -411,8 +410,7 @@ def trust_key(store: Store, channel: str, key: str) -> KeyTrusted:
     return KeyTrusted(public, keyring(store).trust(channel, public))
 
 
-@dataclass(frozen=True)
-class Revocation:
+class Revocation(NamedTuple):
     public: str
     channels: list[str]
     """The channels it was trusted for."""

@@ -11,9 +11,8 @@ config falls back to the ``[realm-defaults]`` table of the global config, then t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from realms import settings
 from realms.kinds import Isolation, NetworkMode, VerityMode
@@ -170,11 +169,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     return settings.parse_toml(data, path)
 
 
-@dataclass(frozen=True)
-class GlobalConfig:
+class GlobalConfig(NamedTuple):
     values: dict[str, Any]
     realm_defaults: dict[str, Any]
-    zones: dict[str, Zone] = field(default_factory=dict)
+    zones: dict[str, Zone]
     """The ``[zones.NAME]`` tables (realms.network.zones)."""
 
     @property

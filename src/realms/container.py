@@ -30,10 +30,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from types import MappingProxyType
+from typing import IO, NamedTuple
 
 from realms.errors import Interrupted, RealmsError
 from realms.system import idmap
@@ -42,8 +42,7 @@ from realms.system.run import popen
 REALM_HOME = "/home/user"
 
 
-@dataclass(frozen=True)
-class Bind:
+class Bind(NamedTuple):
     source: Path
     target: str
     readonly: bool = False
@@ -57,8 +56,7 @@ class Bind:
         return f"--bind{'-ro' if self.readonly else ''}={self.source}:{self.target}{suffix}"
 
 
-@dataclass(frozen=True)
-class Overlay:
+class Overlay(NamedTuple):
     """A root filesystem made of a read-only image and a writable layer: ``upper`` and
     ``work`` in the store, or, with ``tmpfs`` set, in a tmpfs mounted there (thrown away).
     In a user namespace an idmapped clone of ``lower`` is attached at ``lower_view`` (an empty
@@ -76,27 +74,26 @@ PICK = "pick"
 keep their on-disk owners through an idmapped root)."""
 
 
-@dataclass
-class Container:
+class Container(NamedTuple):
     rootfs: Path
     machine: str
     """Machine name, also the hostname inside."""
-    command: list[str] = field(default_factory=list)
+    command: Sequence[str] = ()
     """What to run; empty for a login shell."""
     user: str | None = None
     """Run as this user of the container; None for root."""
-    binds: list[Bind] = field(default_factory=list)
-    tmpfs: list[str] = field(default_factory=list)
+    binds: Sequence[Bind] = ()
+    tmpfs: Sequence[str] = ()
     private_network: bool = False
     workdir: str | None = None
-    environment: dict[str, str] = field(default_factory=dict)
+    environment: Mapping[str, str] = MappingProxyType({})
     pristine: bool = False
     """Change nothing in the tree but what the command changes: the host's resolv.conf is bound,
     not copied, and the timezone is left alone (for appimg update sessions)."""
     overlay: Overlay | None = None
     """Mount this overlay on ``rootfs`` for the run (realms on block and sealed images)."""
     read_only: bool = False
-    scratch: list[tuple[Path, str]] = field(default_factory=list)
+    scratch: Sequence[tuple[Path, str]] = ()
     """tmpfs mounts (directory, options) that prepare_root makes in the container's mount
     namespace, for binds whose owner nspawn must not change (an ephemeral home)."""
     private_users: int | str | None = PICK
@@ -104,7 +101,7 @@ class Container:
     to run as host root (a realm with ``isolation = "privileged"``)."""
     boot: bool = False
     """Run the tree's init as PID 1 instead of ``command`` (a booted realm)."""
-    extra_args: list[str] = field(default_factory=list)
+    extra_args: Sequence[str] = ()
     """More nspawn options (a booted realm's network)."""
 
 

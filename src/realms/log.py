@@ -10,8 +10,8 @@ otherwise one line when a step starts and one with its elapsed time when it ends
 
 from __future__ import annotations
 
+import _thread
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -181,7 +181,8 @@ def progress(title: str, total: int, unit: str = "bytes") -> Iterator[ProgressBa
 
 # Several transfers at once (registry blobs): one bar each on a terminal, a line each elsewhere.
 
-_lines = threading.Lock()
+# _thread is what threading's Lock is; threading itself would add to every command's start.
+_lines = _thread.allocate_lock()
 
 
 class Transfer(Protocol):

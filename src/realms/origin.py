@@ -16,8 +16,8 @@ A snapshot of a realm's root keeps the origin of that root (``snapshots/LABEL/or
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from realms.config import read_toml
 from realms.errors import InvalidInput, RealmsError
@@ -27,8 +27,7 @@ from realms.store.layout import ORIGIN_NAME, ROOT_SWAP_NAME
 __all__ = ["ORIGIN_NAME", "Origin", "all_origins", "load", "root_identity", "snapshot_origins"]
 
 
-@dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):
     appimg: str
     appimg_version: int
     kind: ImageKind
@@ -38,7 +37,7 @@ class Origin:
     None for a realm made before realms used user namespaces, until its next run."""
 
     def to_toml(self) -> dict[str, object]:
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        return {key: value for key, value in self._asdict().items() if value is not None}
 
 
 def root_identity(path: Path) -> str:

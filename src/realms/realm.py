@@ -15,13 +15,11 @@ default when there is none.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from realms import config, log, origin
 from realms.errors import AlreadyExists, InvalidInput, NotFound, RealmsError
@@ -44,8 +42,7 @@ if TYPE_CHECKING:
 REALM_UID = 1000
 
 
-@dataclass(frozen=True)
-class RealmInfo:
+class RealmInfo(NamedTuple):
     name: str
     origin: origin.Origin
     current_version: int | None
@@ -423,7 +420,7 @@ def _ensure_uid_base(store: Store, name: str, found: origin.Origin) -> origin.Or
     user namespaces); the caller holds the realm as running."""
     if found.uid_base is not None:
         return found
-    found = dataclasses.replace(found, uid_base=_new_uid_base(store))
+    found = found._replace(uid_base=_new_uid_base(store))
     write_toml(store.realm(name).origin, found.to_toml())
     return found
 

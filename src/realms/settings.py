@@ -24,9 +24,8 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from realms.errors import InvalidInput
 
@@ -46,8 +45,7 @@ class Rejected(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Type(Generic[T]):
+class Type(NamedTuple, Generic[T]):
     """What a setting's value must be: ``expected`` says it in words (for errors and the
     reference), ``parse`` checks a value read from TOML and gives it its type, or raises
     :class:`Rejected`."""
@@ -56,8 +54,7 @@ class Type(Generic[T]):
     parse: Callable[[object], T]
 
 
-@dataclass(frozen=True)
-class Setting(Generic[T]):
+class Setting(NamedTuple, Generic[T]):
     """One key of a config file, declared once."""
 
     name: str

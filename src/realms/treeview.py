@@ -12,15 +12,14 @@ import os
 import re
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from realms.errors import RealmsError
 from realms.system.fs import read_in_root
 
 
-@dataclass(frozen=True)
-class TreeView:
+class TreeView(NamedTuple):
     """A root filesystem as the container will see it, read before it runs: one tree, or an
     overlay's layers (upper first), where a file deleted in the upper layer (a whiteout) is
     gone and a file changed there hides the image's."""

@@ -12,6 +12,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,15 @@ def test_open_store(tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatc
     (tmp_path / "fake/store.toml").write_text('format = 99\nbackend = "copy"\n')
     with pytest.raises(InvalidInput, match="not a realms store of format 1"):
         api.open_store(tmp_path / "fake")
+    # The marker realms init wrote is known without TOML; one edited by hand is parsed.
+    marker = store.marker_path.read_text()
+    assert tomllib.loads(marker) == {"format": 1, "backend": "copy"}
+    (tmp_path / "fake/store.toml").write_text('# edited\nbackend = "copy"\nformat = 1\n')
+    assert api.open_store(tmp_path / "fake").backend.name == "copy"
+    for bad in ("backend = [", 'format = 1\nbackend = "zfs"\n', "\xff"):
+        (tmp_path / "fake/store.toml").write_text(bad, encoding="latin-1")
+        with pytest.raises(InvalidInput, match="not a realms store of format 1"):
+            api.open_store(tmp_path / "fake")
 
 
 def test_status_of_an_empty_and_a_used_store(store: Store, tree: Path, owners: Owners) -> None:

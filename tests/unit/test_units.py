@@ -156,13 +156,15 @@ def test_nspawn_command_line_follows_the_host(tmp_path: Path) -> None:
     # itself, an overlay's layers are idmapped below it by realms (prepare_root).
     assert "--private-users=pick" in without and "--private-users-ownership=map" in without
     assert f"--bind={tmp_path}/home:/home/user" in without  # a user's bind: not idmapped
-    layered.private_users = 0x10000 * 20
-    wrapped = nspawn_argv(layered, interactive=False, systemd_pid1=False)
+    wrapped = nspawn_argv(
+        layered._replace(private_users=0x10000 * 20), interactive=False, systemd_pid1=False
+    )
     assert wrapped[0] == "systemd-nspawn"
     assert "--private-users=1310720:65536" in wrapped
     assert "--private-users-ownership=off" in wrapped
-    layered.private_users = None
-    privileged = nspawn_argv(layered, interactive=False, systemd_pid1=False)
+    privileged = nspawn_argv(
+        layered._replace(private_users=None), interactive=False, systemd_pid1=False
+    )
     assert not [arg for arg in privileged if arg.startswith("--private-users")]
     home = Bind(tmp_path / "home", "/home/user", idmap=True)
     assert home.option(userns=True).endswith(":/home/user:idmap")

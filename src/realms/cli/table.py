@@ -14,15 +14,13 @@ start without loading the API.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Complete = Literal["appimg", "realm", "channel", "file", "dir"]
 """What a shell completes an argument's value from: names in the store, or files."""
 
 
-@dataclass(frozen=True)
-class Arg:
+class Arg(NamedTuple):
     """One argument: a positional (``name``) or an option (``--pool-size``, ``-v --verbose``)."""
 
     name: str
@@ -57,8 +55,7 @@ class Arg:
         return self.metavar or self.dest.upper()
 
 
-@dataclass(frozen=True)
-class Group:
+class Group(NamedTuple):
     """A word that groups commands (``appimg``, ``key``)."""
 
     path: tuple[str, ...]
@@ -69,8 +66,7 @@ class Group:
     (``realms snapshot NAME`` is ``realms snapshot take NAME``)."""
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     path: tuple[str, ...]
     help: str
     handler: str

@@ -18,7 +18,6 @@ Only ``lstat`` and the read of two small files per realm: no tree is walked.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -371,7 +370,7 @@ def _shared_ranges(store: Store, origins: dict[str, origin.Origin]) -> list[Find
         def fix(name: str = name) -> str:
             with store.realm_lock(name), store.run_lock(name):
                 current = origin.load(store.realm_dir(name))
-                changed = dataclasses.replace(current, uid_base=None)
+                changed = current._replace(uid_base=None)
                 write_toml(store.realm(name).origin, changed.to_toml())
             return "its origin forgets the range: the next run gives it a new one"
 

@@ -11,18 +11,17 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from realms.errors import RealmsError
 from realms.store import Store
 
 
-@dataclass
 class Report:
     """The pipe back to ``realms start``: one JSON line, then closed."""
 
-    fd: int
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
 
     def send(self, data: dict[str, Any]) -> None:
         if self.fd < 0:

@@ -43,9 +43,8 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from realms.errors import Busy, Interrupted, RealmsError
 from realms.kinds import RealmState
@@ -96,8 +95,7 @@ def _setns(fd: int, flags: int, what: str) -> None:
     checked(libc.setns(fd, flags), f"entering the {what} namespaces")
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """Who the joined process is, from the realm's passwd and group."""
 
     name: str
@@ -109,8 +107,7 @@ class Identity:
     workdir: str
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """Everything the child needs, found by the parent before the fork (the child only makes
     system calls with it)."""
 

@@ -19,8 +19,7 @@ store: :func:`store_loader` reads the realms' configs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from realms import log
 from realms.errors import InvalidInput, InvalidName, NotFound, RealmsError
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
     from realms.treeview import TreeView
 
 
-@dataclass(frozen=True)
-class Needs:
+class Needs(NamedTuple):
     """What one realm's config says about starting it."""
 
     requires: tuple[str, ...] = ()

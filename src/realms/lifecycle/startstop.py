@@ -23,8 +23,7 @@ import re
 import select
 import signal
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from realms.errors import NotFound, RealmsError
 from realms.faults import checkpoint
@@ -34,8 +33,7 @@ from realms.names import check_existing_realm_name
 from realms.store import Store
 
 
-@dataclass(frozen=True)
-class Started:
+class Started(NamedTuple):
     name: str
     leader_pid: int
     """The realm's init, as the host sees it."""

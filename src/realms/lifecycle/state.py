@@ -19,9 +19,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from realms.kinds import RealmState
 from realms.lifecycle import cgroups
@@ -34,8 +33,7 @@ POWEROFF = signal.SIGRTMIN + 4
 """systemd's signal for "power off" (SIGTERM to systemd as PID 1 means re-execute)."""
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(NamedTuple):
     pid: int
     start: int
     """Start time in clock ticks after boot (/proc/PID/stat field 22)."""
@@ -49,8 +47,7 @@ class Process:
         return start_time(self.pid) == self.start
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """What the supervisor writes."""
 
     name: str
@@ -68,7 +65,11 @@ class Record:
     """How often init was started by this supervisor (a reboot from inside adds one)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, **asdict(self)}
+        data: dict[str, Any] = {"format": FORMAT, **self._asdict()}
+        for key in ("supervisor", "nspawn", "leader"):
+            if data[key] is not None:
+                data[key] = data[key]._asdict()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
@@ -91,11 +92,10 @@ class Record:
         )
 
     def but(self, **changes: Any) -> Record:
-        return replace(self, **changes)
+        return self._replace(**changes)
 
 
-@dataclass(frozen=True)
-class RealmRuntime:
+class RealmRuntime(NamedTuple):
     """A realm that is not stopped, as it is now (see :func:`running`)."""
 
     name: str

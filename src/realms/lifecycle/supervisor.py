@@ -88,8 +88,7 @@ def boot_container(store: Store, name: str) -> tuple[Container, dict[str, Any]]:
     directory = store.realm_dir(name)
     container, view = realm_container(store, name, directory, [], root=True)
     require_init(view, name)
-    container.boot = True
-    return container, realm_settings(store, name)
+    return container._replace(boot=True), realm_settings(store, name)
 
 
 class Supervisor:
@@ -161,8 +160,9 @@ class Supervisor:
         # The plan decides the network (use-network = false included): nspawn's options
         # are its own, not the one-shot container's switch.
         self.plan = network.prepare(self.store, self.name, settings)
-        container.private_network = False
-        container.extra_args = [*container.extra_args, *self.plan.nspawn_args]
+        container = container._replace(
+            private_network=False, extra_args=[*container.extra_args, *self.plan.nspawn_args]
+        )
         self.save(address=self.plan.address)
         return container
 

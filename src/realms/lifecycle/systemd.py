@@ -42,13 +42,11 @@ import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from realms.errors import RealmsError
 from realms.kinds import RealmState
-from realms.system.run import run
 
 UNIT_PREFIX = "realm-"
 STORE_VARIABLE = "REALMS_STORE"
@@ -92,8 +90,7 @@ def unit_name(name: str) -> str:
     return f"{UNIT_PREFIX}{name}.service"
 
 
-@dataclass(frozen=True)
-class UnitState:
+class UnitState(NamedTuple):
     """Realm ``name``'s unit as systemd sees it now."""
 
     name: str
@@ -119,11 +116,15 @@ class UnitState:
         """When it became active, as ISO 8601 UTC ("" while it starts)."""
         if self.uptime is None:
             return ""
+        from datetime import UTC, datetime
+
         moment = datetime.fromtimestamp(time.time() - self.uptime, UTC).replace(microsecond=0)
         return moment.isoformat().replace("+00:00", "Z")
 
 
 def _show(unit: str, properties: Sequence[str]) -> dict[str, str]:
+    from realms.system.run import run
+
     result = run(["systemctl", "show", unit, f"--property={','.join(properties)}"], check=False)
     values = {}
     for line in result.stdout.splitlines():
@@ -142,6 +143,8 @@ def _positive(value: str | None) -> int | None:
 
 def leader_pid(name: str) -> int | None:
     """The init of machine ``name`` (machined's Leader), if it is registered."""
+    from realms.system.run import run
+
     result = run(["machinectl", "show", name, "--property=Leader", "--value"], check=False)
     return _positive(result.stdout.strip()) if result.returncode == 0 else None
 
@@ -198,6 +201,8 @@ def unit_of(store: Path, name: str) -> UnitState | None:
 
 def journal_tail(name: str, lines: int = 15) -> str:
     """The end of the unit's journal (the realm's console, nspawn's messages)."""
+    from realms.system.run import run
+
     result = run(
         ["journalctl", f"--unit={unit_name(name)}", f"--lines={lines}", "--no-pager", "-o", "cat"],
         check=False,
@@ -236,6 +241,8 @@ def start(
     it is READY; RealmsError with the end of its journal when it fails or is not ready within
     ``timeout`` seconds (systemd stops it then). ``properties`` are more unit properties
     (``MemoryMax=2G``, ...)."""
+    from realms.system.run import run
+
     unit = unit_name(name)
     # A failed unit of an earlier start would stay loaded under the name (with --collect it
     # should not, but one made by hand might): clear it, or systemd-run refuses the name.
@@ -281,6 +288,8 @@ def stop(name: str, *, timeout: float) -> bool:
     """Stop realm ``name``'s unit: SIGTERM to nspawn (init powers off), SIGKILL to all of it
     after ``timeout`` seconds; False if it was not running. Its network is released (by its
     ExecStopPost=, and here again once the unit is gone)."""
+    from realms.system.run import run
+
     found = unit_state(name)
     if found is None:
         return False

@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,8 +70,7 @@ def main(argv: Sequence[str]) -> int:
         # nspawn's options are its own, not the one-shot container's switch. What it allocates
         # is released by the unit's ExecStopPost= even if the boot fails from here on.
         plan = network.prepare(store, name, realm_settings(store, name))
-        container = replace(
-            container,
+        container = container._replace(
             boot=True,
             private_network=False,
             # nspawn's options go before its directory and init's arguments (all after those

@@ -18,9 +18,8 @@ and release) removes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from realms import log
 from realms.errors import RealmsError
@@ -33,11 +32,10 @@ if TYPE_CHECKING:
 # and this package must not import the store (which imports the config) when it loads.
 
 
-@dataclass(frozen=True)
-class NetworkPlan:
+class NetworkPlan(NamedTuple):
     """What :func:`prepare` decided for one start of a realm."""
 
-    store: Store = field(repr=False)
+    store: Store
     realm: str
     mode: NetworkMode
     nspawn_args: tuple[str, ...]

@@ -14,10 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from realms import config
 from realms.errors import InvalidInput, RealmsError
@@ -29,8 +28,7 @@ from realms.store.core import write_toml
 ZONES_FILE = "zones.toml"
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """A realm's ``network.toml``."""
 
     zone: str
@@ -51,11 +49,10 @@ class Record:
         )
 
     def stopped(self) -> Record:
-        return replace(self, interface="", leader=0, started=0, boot="")
+        return self._replace(interface="", leader=0, started=0, boot="")
 
 
-@dataclass(frozen=True)
-class Assignment:
+class Assignment(NamedTuple):
     """Where a realm is in its zone."""
 
     zone: str
@@ -87,9 +84,7 @@ def read(store: Store, name: str) -> Record | None:
     path = store.realm(name).network
     try:
         data = config.read_toml(path)
-        fields: dict[str, Any] = {
-            key: data[key] for key in Record.__dataclass_fields__ if key in data
-        }
+        fields: dict[str, Any] = {key: data[key] for key in Record._fields if key in data}
         record = Record(**fields)
         zones.check_zone_name(record.zone)
         IPv4Address(record.address)
@@ -99,7 +94,7 @@ def read(store: Store, name: str) -> Record | None:
 
 
 def write(store: Store, name: str, record: Record) -> None:
-    write_toml(store.realm(name).network, asdict(record))
+    write_toml(store.realm(name).network, record._asdict())
 
 
 def forget(store: Store, name: str) -> None:

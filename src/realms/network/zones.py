@@ -16,9 +16,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from typing import Any, NamedTuple
 
 from realms import settings
 from realms.errors import InvalidInput, RealmsError
@@ -108,7 +107,7 @@ SUBNET = Setting(
     "the zone's subnet: its first address is the gateway (the bridge realms-NAME), realms get "
     'the others; "": the next free /24 of 10.89.0.0/16, kept for the zone in the store',
 )
-ALLOW = Setting(
+ALLOW: Setting[list[str]] = Setting(
     "allow",
     Type("a list of zone names", _zone_names),
     [],
@@ -118,8 +117,7 @@ ALLOW = Setting(
 ZONE_SETTINGS: list[Setting[Any]] = [SUBNET, ALLOW]
 
 
-@dataclass(frozen=True)
-class Zone:
+class Zone(NamedTuple):
     """A zone's table, checked. ``subnet`` None: automatic."""
 
     name: str

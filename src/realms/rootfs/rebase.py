@@ -143,7 +143,7 @@ def _rebase_one(store: Store, name: str, to: int | None, undo: bool = False) -> 
         keep.check_patterns(name, patterns)
         with store.appimg_lock(found.appimg, shared=True):
             target = _target(store, name, found, to)
-            new = dataclasses.replace(found, appimg_version=target.version, kind=target.kind)
+            new = found._replace(appimg_version=target.version, kind=target.kind)
             if target.kind.is_image:
                 from realms import activation
 

@@ -15,7 +15,6 @@ prune`` meanwhile by :func:`realms.activation.image_users`); the root it replace
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -220,9 +219,7 @@ def restore_root(
         )
     if was.kind in IMAGE_KINDS:
         roots.activate(store, was)
-    new = dataclasses.replace(
-        found, appimg=was.appimg, appimg_version=was.appimg_version, kind=was.kind
-    )
+    new = found._replace(appimg=was.appimg, appimg_version=was.appimg_version, kind=was.kind)
     staged = roots.stage(store, name, keep_as, found)
     try:
         with log.step(f"Restoring snapshot {label} of realm {name}"):

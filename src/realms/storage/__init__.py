@@ -14,13 +14,11 @@ names, locks and cleanup.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True)
-class Changes:
+class Changes(NamedTuple):
     written: int
     """Bytes of file data written."""
     files: int

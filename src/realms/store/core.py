@@ -9,9 +9,7 @@ zones, the mount and subprocess helpers) would be most of such a command's start
 from __future__ import annotations
 
 import os
-import tomllib
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +33,34 @@ def locate(path: str | Path | None = None) -> Path:
     return Path(os.path.abspath(chosen))
 
 
+def marker_text(backend: str) -> str:
+    """The store's marker (``store.toml``) as ``realms init`` writes it."""
+    return f'format = {STORE_FORMAT}\nbackend = "{backend}"\n'
+
+
+def _backend_in_marker(marker: Path) -> str | None:
+    """The backend the store's marker names, None if it is not a marker of this format. A
+    marker as ``realms init`` wrote it is known without the TOML parser, whose import would be
+    a tenth of ``realms stop``; one edited by hand is parsed."""
+    try:
+        text = marker.read_text()
+    except UnicodeDecodeError:
+        return None
+    for backend in BACKENDS:
+        if text == marker_text(backend):
+            return backend
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+    found = data.get("backend")
+    if data.get("format") != STORE_FORMAT or found not in BACKENDS:
+        return None
+    return str(found)
+
+
 def write_toml(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
     import tomli_w
 
@@ -43,12 +69,21 @@ def write_toml(path: Path, data: dict[str, Any], mode: int = 0o644) -> None:
     atomic_write(path, tomli_w.dumps(data), mode)
 
 
-@dataclass
 class Store(Layout):
     """An opened store: its paths and locks (inherited from :class:`Layout`), its backend."""
 
-    backend: Backend = field(kw_only=True)
-    _config: GlobalConfig | None = field(default=None, repr=False, kw_only=True)
+    def __init__(self, root: Path, *, backend: Backend | str) -> None:
+        super().__init__(root)
+        self._backend = backend
+        self._config: GlobalConfig | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """The storage driver (:mod:`realms.storage`), loaded when first used: stopping a realm
+        or joining a running one changes no tree."""
+        if isinstance(self._backend, str):
+            self._backend = backend_named(self._backend)
+        return self._backend
 
     @classmethod
     def open(cls, root: Path) -> Store:
@@ -66,19 +101,15 @@ class Store(Layout):
                 f"no realms store at {root}",
                 hint="run 'realms init' to create one, or choose another with --store",
             )
-        try:
-            data = tomllib.loads(marker.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-            data = {}
-        backend = data.get("backend")
-        if data.get("format") != STORE_FORMAT or backend not in BACKENDS:
+        backend = _backend_in_marker(marker)
+        if backend is None:
             raise InvalidInput(f"{marker}: not a realms store of format {STORE_FORMAT}")
         if os.stat(root).st_mode & 0o077:
             log.warn(
                 f"the store {root} is open to other users of this machine; "
                 "run 'realms init' to close it"
             )
-        return cls(root, backend=backend_named(str(backend)))
+        return cls(root, backend=str(backend))
 
     @property
     def config(self) -> GlobalConfig:

@@ -23,7 +23,7 @@ from pathlib import Path
 from realms import config, log
 from realms.errors import InvalidInput, RealmsError
 from realms.store import pool
-from realms.store.core import STORE_FORMAT, Store, write_toml
+from realms.store.core import Store, marker_text
 from realms.store.layout import SKEL_PREFIX, Layout
 from realms.system import mounts
 from realms.system.fs import atomic_write, token
@@ -101,7 +101,7 @@ def _init_locked(root: Path, backend: str, pool_size: int) -> InitResult:
         chosen = "btrfs"
     make_private(root)
     _make_layout(layout)
-    write_toml(marker, {"format": STORE_FORMAT, "backend": chosen})
+    atomic_write(marker, marker_text(chosen), 0o644)
     if chosen == "copy":
         log.note(
             "the copy backend clones trees with 'cp -a --reflink=auto': "

@@ -73,9 +73,8 @@ from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from realms.kinds import ImageKind
 from realms.names import check_lock_name
@@ -106,8 +105,7 @@ RUNTIME_ROOT = Path("/run/realms")
 """Runtime state of booted realms; it is not the store's, and means nothing after a reboot."""
 
 
-@dataclass(frozen=True)
-class RealmFiles:
+class RealmFiles(NamedTuple):
     """The entries of one realm's directory (also of its directory while it is staged)."""
 
     directory: Path
@@ -194,11 +192,14 @@ def pool_image(root: Path) -> Path:
     return root.parent / f"{root.name}.pool.img"
 
 
-@dataclass
 class Layout:
     """The paths and locks of the store at ``root``."""
 
-    root: Path
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
 
     # The store as a whole
 

@@ -7,23 +7,36 @@ become; the store counts and sweeps what a killed command left (:mod:`realms.sto
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from realms.system.libc import checked, libc
-
 TEMPORARY_PREFIX = ".tmp."
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
-_renameat2 = libc.renameat2
-_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_renameat2.restype = ctypes.c_int
+
+
+def _renameat2(source: Path, target: Path, flags: int, named: Path) -> None:
+    # ctypes is loaded here, not at import: most commands rename nothing this way.
+    import ctypes
+
+    from realms.system.libc import checked, libc
+
+    function = libc.renameat2
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    result = function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags)
+    checked(result, "renameat2", str(named))
 
 
 def token() -> str:
@@ -44,6 +57,8 @@ def fsync_dir(path: Path) -> None:
 
 def syncfs(path: Path) -> None:
     """Write everything of the filesystem that holds ``path`` to disk."""
+    from realms.system.libc import checked, libc
+
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         checked(libc.syncfs(fd), "syncfs", str(path))
@@ -57,19 +72,13 @@ def rename_noreplace(source: Path, target: Path) -> None:
     Plain rename(2) silently replaces an empty directory or a file; renameat2 with
     RENAME_NOREPLACE makes "exactly one creator wins" hold even without a lock.
     """
-    result = _renameat2(
-        _AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE
-    )
-    checked(result, "renameat2", str(target))
+    _renameat2(source, target, _RENAME_NOREPLACE, target)
 
 
 def rename_exchange(first: Path, second: Path) -> None:
     """Swap two names atomically (renameat2 RENAME_EXCHANGE): each is at every moment one of
     the two things, never missing."""
-    result = _renameat2(
-        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
-    )
-    checked(result, "renameat2", str(second))
+    _renameat2(first, second, _RENAME_EXCHANGE, second)
 
 
 def temporary_name(path: Path) -> Path:

@@ -20,8 +20,8 @@ import ctypes
 import os
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from realms.errors import RealmsError
 from realms.system import mounts
@@ -78,8 +78,7 @@ def check_base(base: int) -> int:
     return base
 
 
-@dataclass(frozen=True)
-class UserNamespace:
+class UserNamespace(NamedTuple):
     """A user namespace that maps 0..65535 to the host's ``base``.., held open by a file
     descriptor (the namespace lives as long as the descriptor)."""
 

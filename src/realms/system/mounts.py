@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from realms.system.run import run
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     target: Path
     fstype: str
     source: str
