@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+import time
 
 from realms.errors import InvalidInput
 
@@ -29,4 +29,5 @@ def format_size(size: int) -> str:
 
 def now() -> str:
     """The current time as ISO 8601 UTC, to the second."""
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    # time, not datetime: this is on the path of `realms start` (datetime is 2 ms to import).
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
