@@ -29,7 +29,11 @@ waits for:
 - ``realms stop``: ``realms -q stop b0``;
 - ``realms run (one-shot)``: ``realms -q run b0 -- true``, b0 stopped (for comparison);
 - ``bare nspawn start``: from starting nspawn to READY=1 on the notify socket;
-- ``bare nspawn stop``: from SIGTERM to nspawn to its exit.
+- ``bare nspawn stop``: from SIGTERM to nspawn to its exit;
+- the same two for nspawn with exactly the options realms gave b0's nspawn (read from its
+  command line once, untimed: the realm's home bound with ``:idmap``, its ``LANG``, its
+  hostname for init): the cost of what nspawn does for the realm apart, the ratio against it
+  is what realms itself adds. The targets are checked against both.
 
 Then it measures the memory of ``--realms`` idle booted realms on the same appimg (see
 :mod:`bench.booted_memory`), stops them all (timed, for the record) and removes them.
@@ -46,21 +50,18 @@ it from the repository root (about 3 minutes with the defaults)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.base import RESULTS_DIR, log, run, tool_version
+from bench.booted_bare import MINIMAL_OPTIONS, Bare
 from bench.booted_memory import measure_memory, print_memory
 from bench.harness import (
     BenchBase,
@@ -94,17 +95,31 @@ from bench.system import (
     scratch_btrfs,
     scratch_size,
 )
-from realms.lifecycle import cgroups
 
 RESULTS = RESULTS_DIR / "booted.json"
 
 APPIMG = "boot"
 REALM = "b0"
 RESERVED = "bare-range"  # a realm never started: its uid range is the bare nspawn's
-BARE = "bare"  # the bare nspawn's machine name
-READY_TIMEOUT = 120.0
 
 PYTHON = "python start"
+FLOOR = "python + stop's stdlib"
+STOP_STDLIB = (
+    "argparse",
+    "fcntl",
+    "json",
+    "pathlib",
+    "select",
+    "shlex",
+    "signal",
+    "typing",
+    "zlib",
+)
+"""What ``realms stop`` loads of the standard library (the rest it loads are their imports)."""
+START_FLOOR = "python + start's stdlib"
+START_STDLIB = (*STOP_STDLIB, "ctypes", "socket", "subprocess", "tomllib")
+"""What ``realms start`` and its supervisor load besides: the notify socket, nspawn's process,
+the system calls Python has no wrapper for, the realm's config."""
 VERSION = "realms --version"
 START = "realms start"
 RUN = "realms run (joined)"
@@ -113,118 +128,24 @@ STOP = "realms stop"
 ONE_SHOT = "realms run (one-shot)"
 BARE_START = "bare nspawn start"
 BARE_STOP = "bare nspawn stop"
+SAME_START = "bare nspawn start, realm's options"
+SAME_STOP = "bare nspawn stop, realm's options"
 
-# Each realms command, its peer and the largest ratio the issue allows.
-COMPARED = {START: (BARE_START, 1.2), STOP: (BARE_STOP, 1.2), RUN: (NSENTER, 1.5)}
+# Each realms command, its peer and the largest ratio the issue allows: against the issue's bare
+# nspawn, and against nspawn with exactly the options realms gave it (the realm's home, LANG,
+# hostname): what realms itself adds.
+COMPARED = (
+    (START, BARE_START, 1.2),
+    (START, SAME_START, 1.2),
+    (STOP, BARE_STOP, 1.2),
+    (STOP, SAME_STOP, 1.2),
+    (RUN, NSENTER, 1.5),
+)
 RUN_ALLOWANCE_MS = 100.0
 """The issue's own reading of "1.5x nsenter" for a Python program: a joined run within about
 100 ms on top of Python's start (nsenter's 3 ms is not reachable by any Python program)."""
 
 PACKAGES = "systemd,systemd-sysv,dbus,iproute2"
-
-
-# The bare nspawn
-
-
-@dataclass
-class Bare:
-    """systemd-nspawn booting a snapshot of the tree, without realms."""
-
-    tree: Path
-    uid_base: int
-    workdir: Path
-    cgroup: str = field(default_factory=lambda: f"realms-bench/bare-{os.getpid()}")
-    process: subprocess.Popen[bytes] | None = None
-
-    def argv(self) -> list[str]:
-        return [
-            "systemd-nspawn",
-            "--quiet",
-            f"--directory={self.tree}",
-            f"--machine={BARE}",
-            "--link-journal=no",
-            "--boot",
-            "--notify-ready=yes",
-            "--console=read-only",
-            "--register=no",
-            "--keep-unit",
-            f"--private-users={self.uid_base}:65536",
-            "--private-users-ownership=map",
-        ]
-
-    @contextlib.contextmanager
-    def _notify_socket(self) -> Iterator[socket.socket]:
-        path = self.workdir / "bare.notify"
-        path.unlink(missing_ok=True)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind(str(path))
-            try:
-                yield sock
-            finally:
-                path.unlink(missing_ok=True)
-
-    def start(self) -> float:
-        """Boot it; milliseconds from starting nspawn to READY=1."""
-        assert self.process is None, "the bare nspawn is running already"
-        procs = cgroups.create(self.cgroup) / "cgroup.procs"
-        console = open(self.workdir / "bare.console", "ab")  # noqa: SIM115
-        with self._notify_socket() as sock, console:
-            env = {
-                **os.environ,
-                "NOTIFY_SOCKET": sock.getsockname(),
-                "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1",
-            }
-            began = time.perf_counter()
-            self.process = subprocess.Popen(
-                self.argv(),
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                preexec_fn=lambda: procs.write_text("0"),  # noqa: PLW1509
-            )
-            deadline = time.monotonic() + READY_TIMEOUT
-            while b"READY=1" not in _receive(sock, deadline, self.process):
-                pass
-            return (time.perf_counter() - began) * 1000
-
-    def stop(self) -> float:
-        """SIGTERM to nspawn (it asks init to power off); milliseconds until it exited."""
-        assert self.process is not None, "the bare nspawn is not running"
-        began = time.perf_counter()
-        self.process.send_signal(signal.SIGTERM)
-        status = self.process.wait(timeout=READY_TIMEOUT)
-        elapsed = (time.perf_counter() - began) * 1000
-        self.process = None
-        if status != 0:
-            raise RuntimeError(f"bare nspawn exited with status {status}")
-        return elapsed
-
-    def clean_up(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                cgroups.kill(cgroups.path(self.cgroup))
-                self.process.wait()
-        self.process = None
-        cgroups.remove(self.cgroup)
-        cgroups.remove("realms-bench")
-
-
-def _receive(sock: socket.socket, deadline: float, process: subprocess.Popen[bytes]) -> bytes:
-    """One notification (empty after a quiet second); an error if nspawn exits or time runs
-    out first."""
-    if process.poll() is not None:
-        raise RuntimeError(f"bare nspawn exited with status {process.returncode} before READY")
-    if time.monotonic() > deadline:
-        raise RuntimeError(f"bare nspawn not READY within {READY_TIMEOUT:g} s")
-    sock.settimeout(1.0)
-    try:
-        return sock.recv(4096)
-    except TimeoutError:
-        return b""
 
 
 # The realms side
@@ -234,6 +155,8 @@ def _receive(sock: socket.socket, deadline: float, process: subprocess.Popen[byt
 class Bench(BenchBase):
     env: dict[str, str]
     bare: Bare | None = None
+    same: Bare | None = None
+    """The bare nspawn with the realm's own options."""
 
     @property
     def store(self) -> Path:
@@ -273,26 +196,36 @@ class Bench(BenchBase):
 
         return sample
 
+    def floor(self, modules: Sequence[str]) -> Callable[[int], float]:
+        """The interpreter importing ``modules`` and doing nothing else."""
+
+        def sample(_run: int) -> float:
+            return timed([sys.executable, "-c", f"import {', '.join(modules)}"], self.env)
+
+        return sample
+
     def nsenter(self) -> Callable[[int], float]:
         def sample(_run: int) -> float:
             return timed(["nsenter", "-t", str(self.leader(REALM)), "-a", "true"])
 
         return sample
 
-    def bare_sample(self, *, start: bool) -> Callable[[int], float]:
+    def bare_sample(self, *, start: bool, same: bool = False) -> Callable[[int], float]:
         def sample(_run: int) -> float:
-            assert self.bare is not None
+            bare = self.same if same else self.bare
+            assert bare is not None
             if start:
                 self.settle()
-                return self.bare.start()
-            return self.bare.stop()
+                return bare.start()
+            return bare.stop()
 
         return sample
 
     def stop_everything(self) -> None:
         """Stop every realm that runs (whatever went wrong before) and the bare nspawn."""
-        if self.bare is not None:
-            self.bare.clean_up()
+        for bare in (self.bare, self.same):
+            if bare is not None:
+                bare.clean_up()
         realms_dir = self.store / "realms"
         if not realms_dir.is_dir():
             return
@@ -314,16 +247,17 @@ def report(measurements: list[Measurement], memory: dict[str, Any]) -> dict[str,
     rows = []
     results = []
     ratios: dict[str, float | None] = {}
+    first_peer: dict[str, str] = {}
+    for method, compared, _limit in COMPARED:
+        first_peer.setdefault(method, compared)
     for m in measurements:
-        peer, _limit = COMPARED.get(m.method, (None, 0.0))
+        peer = first_peer.get(m.method)
         versus = ratio(m.median, by_method[peer].median) if peer else None
         beyond = None
         if m.method.startswith("realms ") and m is not floor:
             beyond = statistics.median(
                 a - b for a, b in zip(m.samples, floor.samples, strict=False)
             )
-        if peer:
-            ratios[m.method] = versus
         rows.append(
             [
                 m.method,
@@ -353,11 +287,13 @@ def report(measurements: list[Measurement], memory: dict[str, Any]) -> dict[str,
     )
     targets: dict[str, bool] = {}
     lines = []
-    for method, (peer, limit) in COMPARED.items():
-        value = ratios.get(method)
+    for method, peer, limit in COMPARED:
+        value = ratio(by_method[method].median, by_method[peer].median)
+        ratios[f"{method} / {peer}"] = value
         claim = f"{method} / {peer} (medians) <= {limit}"
         targets[claim] = value is not None and value <= limit
         lines.append(target_line(claim, format_ratio(value), targets[claim]))
+    lines.extend(_floor_lines(by_method))
     python = by_method.get(PYTHON)
     if python is not None and RUN in by_method:
         over = statistics.median(
@@ -376,6 +312,17 @@ def report(measurements: list[Measurement], memory: dict[str, Any]) -> dict[str,
         "memory": {**memory, "summary": summary},
         "targets": targets,
     }
+
+
+def _floor_lines(by_method: dict[str, Measurement]) -> list[str]:
+    """The best ratios any Python program could reach: the bare nspawn plus the start of an
+    interpreter that loads the command's standard library and does nothing else."""
+    lines = []
+    for method, floor, peer in ((START, START_FLOOR, BARE_START), (STOP, FLOOR, BARE_STOP)):
+        spent, bare = by_method[floor].median, by_method[peer].median
+        best = format_ratio(ratio(bare + spent, bare))
+        lines.append(f"  (at best, {method}: {peer} + {floor} ({spent:.1f} ms): {best})")
+    return lines
 
 
 # Main
@@ -442,7 +389,27 @@ def prepare(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     run(["btrfs", "subvolume", "snapshot", bench.store / "appimg" / APPIMG / "v1", bare_tree])
     run(["btrfs", "property", "set", "-ts", bare_tree, "ro", "false"])
     bench.bare = Bare(bare_tree, int(uid_base), bench.mountpoint)
-    return {"tree": str(args.tree) if args.tree else "mmdebstrap", "mmdebstrap_seconds": made}
+    options = realm_options(bench)
+    bench.same = Bare(bare_tree, int(uid_base), bench.mountpoint, "bare-same", options)
+    return {
+        "tree": str(args.tree) if args.tree else "mmdebstrap",
+        "mmdebstrap_seconds": made,
+        "realm_options": list(options),
+    }
+
+
+def realm_options(bench: Bench) -> tuple[str, ...]:
+    """The options realms gives nspawn for realm b0 beyond the bare nspawn's own, read from
+    the command line of b0's nspawn (started once, untimed)."""
+    run(bench.realms_cmd("start", REALM), bench.env)
+    try:
+        runtime = bench.runtime(REALM)
+        words = Path(f"/proc/{runtime.nspawn_pid}/cmdline").read_bytes().split(b"\0")[1:-1]
+    finally:
+        run(bench.realms_cmd("stop", REALM), bench.env)
+    own = ("--directory=", "--machine=", "--private-users=", "--link-journal=")
+    argv = [word.decode() for word in words]
+    return tuple(word for word in argv if word not in MINIMAL_OPTIONS and not word.startswith(own))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -464,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prepared = prepare(bench, args)
                 measurements = [
                     Measurement(PYTHON, "-", args.runs, bench.python()),
+                    Measurement(FLOOR, "-", args.runs, bench.floor(STOP_STDLIB)),
+                    Measurement(START_FLOOR, "-", args.runs, bench.floor(START_STDLIB)),
                     Measurement(VERSION, "-", args.runs, bench.startup()),
                     Measurement(START, "-", args.runs, bench.command("start", REALM, settle=True)),
                     Measurement(RUN, "-", args.runs, bench.command("run", REALM, "--", "true")),
@@ -474,6 +443,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                     Measurement(BARE_START, "-", args.runs, bench.bare_sample(start=True)),
                     Measurement(BARE_STOP, "-", args.runs, bench.bare_sample(start=False)),
+                    Measurement(
+                        SAME_START, "-", args.runs, bench.bare_sample(start=True, same=True)
+                    ),
+                    Measurement(
+                        SAME_STOP, "-", args.runs, bench.bare_sample(start=False, same=True)
+                    ),
                 ]
                 # One round runs them in this order: each start is followed by its stop.
                 measure(measurements, args.warmup, mountpoint)
@@ -506,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             BARE_START: " ".join(bench.bare.argv() if bench.bare else [])
             + " (NOTIFY_SOCKET; until READY=1)",
             BARE_STOP: "SIGTERM to the bare nspawn, until it exits",
+            SAME_START: " ".join(bench.same.argv() if bench.same else [])
+            + " (NOTIFY_SOCKET; until READY=1)",
+            SAME_STOP: "SIGTERM to that nspawn, until it exits",
         },
         **prepared,
         **summary,
