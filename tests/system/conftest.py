@@ -19,6 +19,7 @@ those: the checks look under the fixture's own directories.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from realms.store.layout import Layout
 from tests.apt_repo import apt_debs, apt_repo  # noqa: F401 (fixtures: a local Debian archive)
 from tests.helpers import (
     Realms,
@@ -53,6 +55,8 @@ def btrfs_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         make_btrfs(base / "pool.img", mountpoint, "16G")
         yield mountpoint
+        for store in mountpoint.iterdir():
+            _forget_runtime(store)
     finally:
         unmount_below(base)
         # The kernel lets a loop device go (autoclear) only when the filesystem on it is fully
@@ -62,6 +66,16 @@ def btrfs_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         while loops_backed_below(base) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not loops_backed_below(base), "a loop device outlived its pool"
+
+
+def _forget_runtime(store: Path) -> None:
+    """A test store's directory under /run/realms, once nothing of it runs: a stopped store
+    leaves only its current realm there (the stores of a test run would leave hundreds)."""
+    runtime = Layout(store).runtime_dir
+    with contextlib.suppress(FileNotFoundError):
+        (runtime / "current").unlink()
+    with contextlib.suppress(OSError):
+        runtime.rmdir()
 
 
 @pytest.fixture
