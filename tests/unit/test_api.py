@@ -408,3 +408,9 @@ def _refused_and_nothing_written(store: Store, tmp_path: Path, outside: Path, ca
     assert reason in refused.value.message and "nothing was imported" in refused.value.message
     assert os.listdir(outside) == []
     assert os.listdir(store.appimgs_dir) == [] and api.status(store).leftovers == 0
+
+
+def test_realm_names_skip_what_is_no_realm(store: Store) -> None:
+    for entry in ("work", "old-name-", ".tmp.new.x", "not a realm"):
+        (store.realms_dir / entry).mkdir()
+    assert store.realm_names() == ["old-name-", "work"]

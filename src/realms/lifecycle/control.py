@@ -4,11 +4,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from realms import log
-from realms.errors import InvalidInput, InvalidName, NotFound, RealmsError
+from realms.errors import InvalidInput, NotFound, RealmsError
 from realms.lifecycle.startstop import Started
 from realms.names import check_existing_realm_name
 from realms.store import Store
@@ -37,16 +36,7 @@ def _running_names(store: Store, *, but: str) -> list[str]:
     runtime state, reading no realm's files (a stop reads the configs of these only)."""
     from realms.lifecycle import state
 
-    found = []
-    for entry in sorted(os.listdir(store.realms_dir)):
-        if entry.startswith(".") or entry == but:
-            continue
-        try:
-            if state.running(store, entry) is not None:
-                found.append(entry)
-        except InvalidName:
-            continue  # not a realm's directory
-    return found
+    return [n for n in store.realm_names() if n != but and state.running(store, n) is not None]
 
 
 def _realm_names(store: Store) -> list[str]:

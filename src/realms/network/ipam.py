@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 from realms import config
 from realms.errors import InvalidInput, RealmsError
-from realms.names import check_realm_name
 from realms.network import zones
 from realms.store import Store
 from realms.store.core import write_toml
@@ -105,15 +104,7 @@ def forget(store: Store, name: str) -> None:
 
 def records(store: Store) -> Iterator[tuple[str, Record]]:
     """Every realm's record (realms being made or removed have temporary names: skipped)."""
-    try:
-        entries = sorted(os.listdir(store.realms_dir))
-    except FileNotFoundError:
-        return
-    for name in entries:
-        try:
-            check_realm_name(name)
-        except RealmsError:
-            continue
+    for name in store.realm_names():
         record = read(store, name)
         if record is not None:
             yield name, record
