@@ -103,7 +103,7 @@ REALM = "b0"
 RESERVED = "bare-range"  # a realm never started: its uid range is the bare nspawn's
 
 PYTHON = "python start"
-FLOOR = "python + stop's stdlib"
+STOP_FLOOR = "python + stop's stdlib"
 STOP_STDLIB = (
     "argparse",
     "fcntl",
@@ -318,7 +318,7 @@ def _floor_lines(by_method: dict[str, Measurement]) -> list[str]:
     """The best ratios any Python program could reach: the bare nspawn plus the start of an
     interpreter that loads the command's standard library and does nothing else."""
     lines = []
-    for method, floor, peer in ((START, START_FLOOR, BARE_START), (STOP, FLOOR, BARE_STOP)):
+    for method, floor, peer in ((START, START_FLOOR, BARE_START), (STOP, STOP_FLOOR, BARE_STOP)):
         spent, bare = by_method[floor].median, by_method[peer].median
         best = format_ratio(ratio(bare + spent, bare))
         lines.append(f"  (at best, {method}: {peer} + {floor} ({spent:.1f} ms): {best})")
@@ -431,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prepared = prepare(bench, args)
                 measurements = [
                     Measurement(PYTHON, "-", args.runs, bench.python()),
-                    Measurement(FLOOR, "-", args.runs, bench.floor(STOP_STDLIB)),
+                    Measurement(STOP_FLOOR, "-", args.runs, bench.floor(STOP_STDLIB)),
                     Measurement(START_FLOOR, "-", args.runs, bench.floor(START_STDLIB)),
                     Measurement(VERSION, "-", args.runs, bench.startup()),
                     Measurement(START, "-", args.runs, bench.command("start", REALM, settle=True)),
