@@ -64,6 +64,16 @@ def check_existing_realm_name(name: str) -> str:
     return check_realm_name(name)
 
 
+def is_existing_realm_name(name: str) -> bool:
+    """Whether :func:`check_existing_realm_name` takes ``name`` (a directory entry may be
+    anything)."""
+    try:
+        check_existing_realm_name(name)
+    except InvalidName:
+        return False
+    return True
+
+
 def check_lock_name(kind: str, name: str) -> str:
     """Any name a lock file may be named after: one safe path component, whatever the caller
     checked before (the last line of defence against ``../`` in a name)."""

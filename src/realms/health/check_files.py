@@ -28,6 +28,7 @@ from pathlib import Path
 from realms import config
 from realms.errors import Busy, RealmsError
 from realms.health.findings import Finding, finding, move_aside
+from realms.names import is_existing_realm_name
 from realms.store import Store, txn
 from realms.store.init import STORE_MODE, make_private
 from realms.system import mounts
@@ -231,7 +232,7 @@ def _default_link(store: Store) -> list[Finding]:
         return []
 
     def fix() -> str:
-        with store.realm_lock(name, wait=0) if _valid(name) else ExitStack():
+        with store.realm_lock(name, wait=0) if is_existing_realm_name(name) else ExitStack():
             current = os.readlink(link)
             if current == f"realms/{name}" and store.realm(name).origin.exists():
                 return "nothing to do (the realm exists now)"
@@ -248,16 +249,6 @@ def _default_link(store: Store) -> list[Finding]:
             fix,
         )
     ]
-
-
-def _valid(name: str) -> bool:
-    from realms.names import check_existing_realm_name
-
-    try:
-        check_existing_realm_name(name)
-    except RealmsError:
-        return False
-    return True
 
 
 def _leftovers(store: Store) -> list[Finding]:
@@ -311,7 +302,7 @@ def _runtime(store: Store) -> list[Finding]:
         if not entry.endswith(".json") or entry.startswith("."):
             continue
         name = entry.removesuffix(".json")
-        if not _valid(name):
+        if not is_existing_realm_name(name):
             continue
         exists = store.realm(name).origin.exists()
         runtime = state.running(store, name)

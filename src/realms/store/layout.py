@@ -76,9 +76,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from realms.errors import InvalidName
 from realms.kinds import ImageKind
-from realms.names import check_existing_realm_name, check_lock_name
+from realms.names import check_lock_name, is_existing_realm_name
 from realms.store import locks
 from realms.system.fs import TEMPORARY_PREFIX
 
@@ -185,14 +184,6 @@ def version_name(number: int, kind: str) -> str:
     """A version's name in its appimg's directory: ``vN`` for a tree, ``vN.img`` for a block or
     sealed image file."""
     return f"v{number}" if kind == ImageKind.TREE else f"v{number}.img"
-
-
-def _is_realm_name(entry: str) -> bool:
-    try:
-        check_existing_realm_name(entry)
-    except InvalidName:
-        return False
-    return True
 
 
 def pool_image(root: Path) -> Path:
@@ -315,7 +306,7 @@ class Layout:
             entries = os.listdir(self.realms_dir)
         except FileNotFoundError:
             return []
-        return sorted(entry for entry in entries if _is_realm_name(entry))
+        return sorted(entry for entry in entries if is_existing_realm_name(entry))
 
     def realm_dir(self, name: str) -> Path:
         return self.realms_dir / name
